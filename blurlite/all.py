@@ -1,0 +1,13 @@
+"""Everything public: `from blurlite.all import *` (after `from fastai.text.all import *`)."""
+from .checks import is_missing
+from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPair, HFTokenize, find_hf_transform,
+                   model_max_length)
+from .hf_objects import HFObjects, get_hf_objects
+from .learner import HFModelCallback, HFModelWrapper, hf_learner, hf_splitter
+from .tasks import HFTask, get_task, register_task, task_for
+from .tasks.sequence_classification import HFTextDataLoaders, OneHotColumns, is_multi_label
+
+__all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPair", "HFTokenize",
+           "find_hf_transform", "model_max_length", "HFObjects", "get_hf_objects", "HFModelCallback",
+           "HFModelWrapper", "hf_learner", "hf_splitter", "HFTask", "get_task", "register_task", "task_for",
+           "HFTextDataLoaders", "OneHotColumns", "is_multi_label", "is_missing"]

@@ -1,0 +1,273 @@
+"""Shared core for text tasks: tokenize once, pad per batch, bucket by length, dict batches."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from fastai.data.block import TransformBlock
+from fastai.data.load import fa_collate
+from fastai.text.core import TitledStr
+from fastai.text.data import SortedDL
+from fastai.torch_core import batch_to_samples, explode_types
+from fastcore.basics import compose, getcallable
+from fastcore.foundation import L
+from fasttransform import ItemTransform
+from torch.nn.utils.rnn import pad_sequence
+
+from .checks import check_batch_size, describe_item, is_missing
+from .fastai_compat import support_mapping_batches
+
+__all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "HFTokenize", "HFSortedDL", "HFTextBlock",
+           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch"]
+
+IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
+_UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
+
+
+class HFTextInput(dict):
+    "Tokenizer outputs as tensors (`input_ids`, `attention_mask`, ...): 1-D for one text, 2-D for a padded batch."
+
+
+class HFTextPair(NamedTuple):
+    "A decoded sentence pair (a named tuple, so fastai's transforms keep it whole)."
+    text: str
+    text_pair: str
+
+
+def model_max_length(hf_config, hf_tokenizer, hf_model=None) -> int | None:
+    "The longest input the model accepts: the tokenizer's limit and the position embeddings' size, if known."
+    limits = []
+    if getattr(hf_tokenizer, "model_max_length", None) and hf_tokenizer.model_max_length < _UNBOUNDED:
+        limits.append(int(hf_tokenizer.model_max_length))
+    n_positions = getattr(hf_config, "max_position_embeddings", None)
+    if n_positions:
+        # position ids that start after a padding index (RoBERTa-style) leave padding_idx + 1 positions unused
+        position_embeddings = [m for name, m in (hf_model.named_modules() if hf_model is not None else [])
+                               if name.endswith("position_embeddings") and isinstance(m, torch.nn.Embedding)]
+        padding_idx = position_embeddings[0].padding_idx if position_embeddings else None
+        limits.append(n_positions - (padding_idx + 1 if padding_idx is not None else 0))
+    return min(limits) if limits else None
+
+
+def tokenizer_pad_values(hf_tokenizer) -> dict[str, int]:
+    "The value that pads each tokenizer output key."
+    if hf_tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set one first, e.g. "
+                         "hf_tokenizer.pad_token = hf_tokenizer.eos_token")
+    return {"input_ids": hf_tokenizer.pad_token_id, "token_type_ids": hf_tokenizer.pad_token_type_id,
+            "attention_mask": 0, "special_tokens_mask": 1}
+
+
+def _text_key(x, where: str) -> str | tuple[str, str]:
+    "A validated, hashable form of one text or text pair; errors name `where` it comes from."
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (list, tuple, L)) and len(x) == 2 and all(isinstance(t, str) for t in x):
+        return (x[0], x[1])
+    if is_missing(x) or (isinstance(x, (list, tuple, L)) and any(is_missing(t) for t in x)):
+        raise ValueError(f"{where}: the text is missing ({x!r}); drop or fill that row")
+    raise TypeError(f"{where}: expected a str or a [text, text_pair] pair of str, got {type(x).__name__} {x!r}")
+
+
+def _column_name(items) -> str | None:
+    "The column an item pipeline reads its text from, when it is a `ColReader`."
+    for tfm in getattr(getattr(items, "tfms", None), "fs", []):
+        if getattr(tfm, "cols", None) is not None:
+            return str(list(tfm.cols)) if len(tfm.cols) > 1 else repr(tfm.cols[0])
+    return None
+
+
+class HFTokenize(ItemTransform):
+    "Tokenize a text or a `[text, text_pair]` once: `setups` tokenizes every item in one batched call."
+    train_setup = False  # setups sees training and validation items alike: both are tokenized up front
+    input_type = HFTextInput
+    _retain = False
+
+    def __init__(self, hf_tokenizer, max_length: int | None = None, truncation=True, tok_kwargs: dict | None = None):
+        super().__init__()
+        self.hf_tokenizer, self.max_length, self.truncation = hf_tokenizer, max_length, truncation
+        self.tok_kwargs = dict(tok_kwargs or {})
+        self.input_types = (str, list, tuple, L)  # lets `test_dl`/`predict` start the pipeline here
+        self._cache = {}
+
+    def __getstate__(self):
+        # an exported learner must not carry its training texts
+        return {**self.__dict__, "_cache": {}}
+
+    def setups(self, items):
+        if len(items) == 0:
+            raise ValueError("the data is empty: there is no text to tokenize")
+        column = _column_name(items)
+        where = lambda i: describe_item(items, i) + (f", column {column}" if column else "")
+        keys = [_text_key(items[i], where(i)) for i in range(len(items))]
+        unique = list(dict.fromkeys(keys))
+        self._cache = dict(zip(unique, self.tokenize(unique)))
+
+    def tokenize(self, keys: list) -> list[HFTextInput]:
+        "Tokenize texts and text pairs in batched calls of the fast tokenizer; one `HFTextInput` per key."
+        singles = [i for i, k in enumerate(keys) if isinstance(k, str)]
+        pairs = [i for i, k in enumerate(keys) if not isinstance(k, str)]
+        out = [None] * len(keys)
+        for idxs, texts, text_pairs in ((singles, [keys[i] for i in singles], None),
+                                        (pairs, [keys[i][0] for i in pairs], [keys[i][1] for i in pairs])):
+            if not idxs:
+                continue
+            enc = self.hf_tokenizer(texts, text_pairs, truncation=self.truncation, max_length=self.max_length,
+                                    return_attention_mask=True, **self.tok_kwargs)
+            for j, i in enumerate(idxs):
+                out[i] = HFTextInput({k: torch.tensor(enc[k][j]) for k in enc.keys()})
+        return out
+
+    def encodes(self, x: str | list | tuple | L) -> HFTextInput:
+        key = _text_key(x, "input")
+        cached = self._cache.get(key)
+        return HFTextInput(cached) if cached is not None else self.tokenize([key])[0]
+
+    def decodes(self, x: HFTextInput):
+        "Readable text (an `HFTextPair` for pairs), split at separator tokens, special tokens dropped."
+        ids = x["input_ids"].tolist()
+        sep = self.hf_tokenizer.sep_token_id
+        segments, current = [], []
+        for token in ids:
+            if token == sep and sep is not None:
+                segments.append(current)
+                current = []
+            else:
+                current.append(token)
+        segments.append(current)
+        texts = [self.hf_tokenizer.decode(s, skip_special_tokens=True) for s in segments]
+        texts = [t for t in texts if t.strip()] or [""]
+        return TitledStr(texts[0]) if len(texts) == 1 else HFTextPair(TitledStr(texts[0]), TitledStr(" ".join(texts[1:])))
+
+
+def find_hf_transform(dls):
+    "The tokenizing transform of a blurlite `DataLoaders`/`DataLoader`."
+    dataset = getattr(dls, "train_ds", None) or getattr(dls, "dataset", None)
+    pipelines = [tl.tfms for tl in dataset.tls] if hasattr(dataset, "tls") else [getattr(dataset, "tfms", None)]
+    for pipeline in pipelines:
+        for tfm in getattr(pipeline, "fs", []):
+            if isinstance(tfm, HFTokenize):
+                return tfm
+    raise ValueError("these DataLoaders have no blurlite text block: build them with HFTextBlock "
+                     "(or HFTextDataLoaders.from_df)")
+
+
+def _item_lengths(dataset) -> list[int]:
+    "Token count of every item; processing each item once also surfaces bad rows, named, at creation time."
+    lengths = []
+    for i in range(len(dataset)):
+        try:
+            item = dataset[i]
+        except (KeyError, ValueError, TypeError) as e:
+            message = e.args[0] if e.args else repr(e)
+            raise ValueError(f"{describe_item(dataset, i)}: {message}") from e
+        x = item[0] if isinstance(item, tuple) else item
+        lengths.append(len(x["input_ids"]))
+    return lengths
+
+
+def _unpad(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return t if keep is None or t.ndim == 0 or t.shape[0] != keep.shape[0] else t[keep.bool()]
+
+
+def _split_field(field, keep, n: int) -> list:
+    "One batch field as `n` samples; dict inputs and token-level fields lose their padding."
+    if isinstance(field, Mapping):
+        return [type(field)({k: _unpad(v[i], None if keep is None else keep[i]) for k, v in field.items()})
+                for i in range(n)]
+    if getattr(field, "pad_value", None) is not None and keep is not None:
+        return [_unpad(field[i], keep[i]) for i in range(n)]
+    return list(batch_to_samples(field, max_n=n))
+
+
+def unpad_batch(b, max_n: int = 9) -> list[tuple]:
+    "Split a batch `(x_dict, y, ...)` into at most `max_n` samples with padding removed."
+    fields = list(b) if isinstance(b, (tuple, list)) else [b]
+    masks = [f["attention_mask"] for f in fields if isinstance(f, Mapping) and "attention_mask" in f]
+    keep = masks[0] if masks else None
+    first = fields[0]
+    n = min(max_n, len(next(iter(first.values())) if isinstance(first, Mapping) else first))
+    columns = [_split_field(f, keep, n) for f in fields]
+    return [tuple(c[i] for c in columns) for i in range(n)]
+
+
+class HFSortedDL(SortedDL):
+    "A `SortedDL` whose batches are dicts padded to their longest item; items are bucketed by token count."
+
+    def __init__(self, dataset, pad_values: dict | None = None, padding_side: str = "right",
+                 pad_to: int | None = None, res=None, num_workers: int = 0, **kwargs):
+        support_mapping_batches()
+        self.pad_values, self.padding_side, self.pad_to = dict(pad_values or {}), padding_side, pad_to
+        # items are cached token ids: worker processes would cost more than they save
+        super().__init__(dataset, sort_func=_input_length, res=_item_lengths(dataset) if res is None else res,
+                         num_workers=num_workers, **kwargs)
+        if self.drop_last:
+            check_batch_size(len(dataset), self.bs)
+
+    def new(self, dataset=None, **kwargs):
+        kwargs = {"pad_values": self.pad_values, "padding_side": self.padding_side, "pad_to": self.pad_to, **kwargs}
+        return super().new(dataset=dataset, **kwargs)
+
+    def create_batch(self, samples):
+        return tuple(self._collate_field(list(field)) for field in zip(*samples))
+
+    def _collate_field(self, values: list):
+        first = values[0]
+        if isinstance(first, Mapping):
+            return type(first)({k: self._pad([v[k] for v in values], self.pad_values.get(k, 0)) for k in first})
+        pad_value = getattr(first, "pad_value", None)
+        if pad_value is not None and first.ndim > 0:  # token-level targets are padded like the inputs
+            return type(first)(self._pad(values, pad_value))
+        return fa_collate(values)
+
+    def _pad(self, tensors: list, value: int) -> torch.Tensor:
+        batch = pad_sequence(tensors, batch_first=True, padding_value=value, padding_side=self.padding_side)
+        if self.pad_to and batch.shape[1] < self.pad_to:
+            extra = self.pad_to - batch.shape[1]
+            batch = F.pad(batch, (extra, 0) if self.padding_side == "left" else (0, extra), value=value)
+        return batch
+
+    def _one_pass(self):
+        # as fastai's, without the device move: `to_device` turns dict subclasses into plain dicts, and the
+        # types recorded here are the ones `decode` restores for `show_batch` dispatch
+        its = self.after_batch(self.do_batch([self.do_item(None)]))
+        self._n_inp = 1 if not isinstance(its, (list, tuple)) or len(its) == 1 else len(its) - 1
+        self._types = explode_types(its)
+
+    def decode(self, b):
+        "Decode `b`, keeping blurlite's input types (fastai's `to_cpu` turns dicts into plain dicts)."
+        return self._retain_dl(super().decode(b))
+
+    def _decode_batch(self, b, max_n=9, full=True):
+        f = compose(self.before_batch.decode, self.after_item.decode,
+                    partial(getcallable(self.dataset, "decode"), full=full))
+        return L(unpad_batch(b, max_n=max_n)).map(f)
+
+
+def _input_length(item) -> int:
+    return len(item[0]["input_ids"])
+
+
+class HFTextBlock(TransformBlock):
+    """A `TransformBlock` for a `str` or a `[text, text_pair]`: batches are padded dicts of tensors.
+
+    Example: `DataBlock(blocks=(HFTextBlock(*hf_objects, max_length=128), CategoryBlock), get_x=ColReader("text"), ...)`
+    """
+    tokenize_cls = HFTokenize
+
+    def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, max_length: int | None = None, padding=True,
+                 truncation=True, tok_kwargs: dict | None = None, **tokenize_kwargs):
+        limit = model_max_length(hf_config, hf_tokenizer, hf_model)
+        if max_length is None or (limit is not None and max_length > limit):
+            max_length = limit
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length (the model reports no limit)")
+        self.max_length = max_length
+        tokenize = self.tokenize_cls(hf_tokenizer, max_length=max_length, truncation=truncation,
+                                     tok_kwargs=tok_kwargs, **tokenize_kwargs)
+        dls_kwargs = dict(pad_values=tokenizer_pad_values(hf_tokenizer), padding_side=hf_tokenizer.padding_side,
+                          pad_to=max_length if padding == "max_length" else None)
+        super().__init__(type_tfms=[tokenize], dl_type=HFSortedDL, dls_kwargs=dls_kwargs)

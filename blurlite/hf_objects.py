@@ -1,0 +1,73 @@
+"""Load a Hugging Face config, tokenizer and model from a local directory or the local cache."""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+
+__all__ = ["HFObjects", "get_hf_objects"]
+
+
+class HFObjects(NamedTuple):
+    "What `get_hf_objects` returns; unpacks as `hf_arch, hf_config, hf_tokenizer, hf_model`."
+    hf_arch: str
+    hf_config: PretrainedConfig
+    hf_tokenizer: object
+    hf_model: torch.nn.Module
+
+
+def _resolve_error(name: str, cause: Exception) -> OSError:
+    "One error that says what was tried for `name` and how to fix it."
+    where = os.path.abspath(os.path.expanduser(name))
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hub = "the Hugging Face hub is offline (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face hub could not provide it"
+    return OSError(
+        f"could not load {name!r}: it is not a local model directory (looked for {where}) and it is not in the "
+        f"local Hugging Face cache; {hub}. Pass the path of a directory holding config.json, the tokenizer files "
+        f"and the weights (e.g. one written by `save_pretrained`). Cause: {type(cause).__name__}: {cause}"
+    )
+
+
+def _config_with(config: PretrainedConfig, config_kwargs: dict) -> PretrainedConfig:
+    "A copy of `config` with `config_kwargs` set (the caller's config is not changed)."
+    config = config.__class__.from_dict(config.to_dict())
+    for key, value in config_kwargs.items():
+        setattr(config, key, value)
+    return config
+
+
+def get_hf_objects(
+    pretrained_model_name_or_path,
+    model_cls=AutoModelForSequenceClassification,
+    config=None,
+    tokenizer_cls=None,
+    config_kwargs: dict | None = None,
+    tokenizer_kwargs: dict | None = None,
+    model_kwargs: dict | None = None,
+) -> HFObjects:
+    """Return `(hf_arch, hf_config, hf_tokenizer, hf_model)` with float32 weights.
+
+    Example: `hf_arch, hf_config, hf_tokenizer, hf_model = get_hf_objects(ckpt_dir, config_kwargs={"num_labels": 3})`
+    """
+    name = os.fspath(pretrained_model_name_or_path)
+    config_kwargs, tokenizer_kwargs = dict(config_kwargs or {}), dict(tokenizer_kwargs or {})
+    # transformers 5 keeps a checkpoint's fp16/bf16 dtype unless told otherwise: CPU training wants fp32
+    model_kwargs = {"dtype": torch.float32, **(model_kwargs or {})}
+    if {"num_labels", "id2label"} & set(config_kwargs) or config is not None:
+        # the caller sized the head: a checkpoint head of another size is re-initialised (transformers reports it)
+        model_kwargs.setdefault("ignore_mismatched_sizes", True)
+    looks_like_path = os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
+    if looks_like_path and not os.path.isdir(os.path.expanduser(name)):
+        raise _resolve_error(name, FileNotFoundError(f"no directory at {name!r}"))
+    try:
+        if config is None:
+            config = AutoConfig.from_pretrained(name, **config_kwargs)
+        elif config_kwargs:
+            config = _config_with(config, config_kwargs)
+        hf_tokenizer = (tokenizer_cls or AutoTokenizer).from_pretrained(name, **tokenizer_kwargs)
+        hf_model = model_cls.from_pretrained(name, config=config, **model_kwargs)
+    except OSError as e:
+        raise _resolve_error(name, e) from e
+    return HFObjects(config.model_type, config, hf_tokenizer, hf_model)

@@ -1,0 +1,60 @@
+"""Task registry: a task module describes itself with an `HFTask` and registers it; the core only asks."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["HFTask", "register_task", "get_task", "task_for"]
+
+_TASKS: dict[str, "HFTask"] = {}
+_BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification",)
+
+
+def _no_change(dls, hf_model) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class HFTask:
+    "What the core needs to know about a task: its input type, model class, loss, metrics and model set-up."
+    name: str  # HF pipeline id, e.g. "text-classification"
+    input_type: type  # the input type its data block produces
+    auto_model: type  # AutoModelFor...
+    default_loss: Callable  # dls -> loss function
+    default_metrics: Callable  # dls -> list of metrics
+    prepare_model: Callable = field(default=_no_change)  # (dls, hf_model) -> None: align the config with the data
+
+
+def register_task(task: HFTask) -> HFTask:
+    "Add `task` to the registry; a name can be registered once."
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def _load_builtin_tasks() -> None:
+    for module in _BUILTIN_TASK_MODULES:
+        importlib.import_module(module)
+
+
+def get_task(name: str) -> HFTask:
+    "The registered task called `name`."
+    _load_builtin_tasks()
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
+    return _TASKS[name]
+
+
+def task_for(dls) -> HFTask:
+    "The task whose input type the blurlite `DataLoaders` `dls` produce (the most specific match)."
+    from ..data import find_hf_transform
+
+    _load_builtin_tasks()
+    input_type = find_hf_transform(dls).input_type
+    for cls in input_type.__mro__:
+        for task in _TASKS.values():
+            if task.input_type is cls:
+                return task
+    raise ValueError(f"no registered task handles {input_type.__name__} inputs; tasks: {sorted(_TASKS)}")

@@ -1,0 +1,239 @@
+"""Sequence classification: single-label, multi-label and text pairs; `HFTextDataLoaders`, display, `hf_predict`."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock
+from fastai.data.core import DataLoaders
+from fastai.data.transforms import Categorize, CategoryMap, ColReader, EncodedMultiCategorize, IndexSplitter, MultiCategorize
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
+from fastai.torch_core import display_df, to_device
+from fastcore.basics import patch
+from plum import dispatch
+from transformers import AutoModelForSequenceClassification
+
+from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
+from ..data import HFTextBlock, HFTextInput, HFTextPair, _text_key, find_hf_transform
+from ..hf_objects import get_hf_objects
+from . import HFTask, register_task, task_for
+
+__all__ = ["HFTextDataLoaders", "OneHotColumns", "is_multi_label"]
+
+TASK_NAME = "text-classification"
+
+
+def is_multi_label(dls) -> bool:
+    "True when the targets of `dls` are multi-label (`MultiCategoryBlock`)."
+    y_tfms = dls.train_ds.tls[1].tfms.fs if len(getattr(dls.train_ds, "tls", [])) > 1 else []
+    return any(isinstance(t, (MultiCategorize, EncodedMultiCategorize)) for t in y_tfms)
+
+
+def _label_names(dls) -> list[str]:
+    return [str(v) for v in dls.vocab]
+
+
+def _prepare_model(dls, hf_model) -> None:
+    "Check the head's size against the label vocabulary and write the labels into the model's config."
+    names, config = _label_names(dls), hf_model.config
+    if config.num_labels != len(names):
+        raise ValueError(f"the model has {config.num_labels} outputs but the data has {len(names)} labels "
+                         f"{names[:10]}: load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    config.problem_type = "multi_label_classification" if is_multi_label(dls) else "single_label_classification"
+
+
+def _default_loss(dls):
+    return getattr(dls.train_ds, "loss_func", None) or CrossEntropyLossFlat()
+
+
+def _default_metrics(dls) -> list:
+    "Accuracy and F1: binary F1 for two classes, macro F1 beyond (binary F1 fails on more than two)."
+    if is_multi_label(dls):
+        return [accuracy_multi, F1ScoreMulti(average="macro")]
+    return [accuracy, F1Score() if len(dls.vocab) == 2 else F1Score(average="macro")]
+
+
+class OneHotColumns:
+    "Read 0/1 label `columns` of a row as a float vector (multi-label targets from one-hot columns)."
+
+    def __init__(self, columns):
+        self.columns = list(columns)
+
+    def __call__(self, row) -> np.ndarray:
+        return row[self.columns].to_numpy(dtype=np.float32)
+
+
+def _split(df: pd.DataFrame, valid_col, valid_pct: float, seed) -> tuple[list[int], list[int]]:
+    "Positions of training and validation rows."
+    if valid_col is not None:
+        check_columns(df, [valid_col], "valid")
+        flags = df[valid_col]
+        bad = [i for i, v in zip(df.index, flags) if v not in (0, 1)]
+        if bad:
+            raise ValueError(f"column {valid_col!r} must be True/False; row {bad[0]!r} holds {flags[bad[0]]!r}")
+        is_valid = flags.to_numpy(dtype=bool)
+    else:
+        rng = np.random.default_rng(seed)
+        is_valid = np.zeros(len(df), dtype=bool)
+        is_valid[rng.permutation(len(df))[: int(round(valid_pct * len(df)))]] = True
+    train, valid = np.flatnonzero(~is_valid).tolist(), np.flatnonzero(is_valid).tolist()
+    if not train:
+        raise ValueError("the training set is empty: lower valid_pct or mark fewer rows in the valid column")
+    return train, valid
+
+
+def _label_sets(df: pd.DataFrame, label_col, label_delim) -> list[list]:
+    "The labels of each row, as lists (one-hot columns and delimited strings included)."
+    if isinstance(label_col, list):
+        return [[c for c in label_col if row[c]] for _, row in df[label_col].iterrows()]
+    if label_delim is not None:
+        return [v.split(label_delim) if v else [] for v in df[label_col]]
+    return [[v] for v in df[label_col]]
+
+
+def _check_valid_labels(df, train, valid, label_sets, column) -> None:
+    "Raise on a validation label that the training set never shows: its class would have no output."
+    known = {label for i in train for label in label_sets[i]}
+    for i in valid:
+        unknown = [label for label in label_sets[i] if label not in known]
+        if unknown:
+            raise ValueError(f"validation row {df.index[i]!r}, column {column!r}: label {unknown[0]!r} never appears "
+                             "in the training set; move such rows to training or drop them")
+
+
+class HFTextDataLoaders(DataLoaders):
+    "Factory for sequence classification `DataLoaders`, in the idiom of fastai's `TextDataLoaders`."
+
+    @classmethod
+    def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, text_col="text", label_col="label",
+                valid_col=None, valid_pct: float = 0.2, bs: int = 16, max_length: int | None = None,
+                label_delim: str | None = None, seed: int | None = None, padding=True, tok_kwargs=None,
+                **kwargs) -> DataLoaders:
+        """`DataLoaders` from `df`, validated up front; errors name the row and column at fault.
+
+        `text_col`: a column, or two for text pairs. `label_col`: a column (single-label, or multi-label with
+        `label_delim`), or a list of 0/1 columns (multi-label). `hf_objects_or_checkpoint`: what `get_hf_objects`
+        returns, or a checkpoint directory to load with a head sized to the labels (the model is then `dls.hf_model`).
+        Example: `dls = HFTextDataLoaders.from_df(df, ckpt_dir, text_col="text", label_col="label", valid_col="is_valid")`
+        """
+        check_frame(df)
+        text_cols = list(text_col) if isinstance(text_col, (list, tuple)) else [text_col]
+        if len(text_cols) not in (1, 2):
+            raise ValueError(f"text_col takes one column or two (a text pair), got {text_cols}")
+        label_col = list(label_col) if isinstance(label_col, (list, tuple)) and len(label_col) > 1 else (
+            label_col[0] if isinstance(label_col, (list, tuple)) else label_col)
+        check_columns(df, text_cols, "text")
+        check_columns(df, label_col if isinstance(label_col, list) else [label_col], "label")
+        for column in text_cols:
+            check_texts(df[column], df.index, column)
+        if isinstance(label_col, list):
+            check_binary_columns(df, label_col)
+            y_block, get_y = MultiCategoryBlock(encoded=True, vocab=label_col), OneHotColumns(label_col)
+        else:
+            check_labels(df[label_col], label_col)
+            if label_delim is not None:
+                check_texts(df[label_col], df.index, label_col)
+            y_block = MultiCategoryBlock() if label_delim is not None else CategoryBlock()
+            get_y = ColReader(label_col, label_delim=label_delim)
+        train, valid = _split(df, valid_col, valid_pct, seed)
+        label_sets = _label_sets(df, label_col, label_delim)
+        _check_valid_labels(df, train, valid, label_sets, label_col)
+        hf_objects = hf_objects_or_checkpoint
+        if not isinstance(hf_objects, tuple):
+            vocab = label_col if isinstance(label_col, list) else list(
+                CategoryMap([lb for i in train for lb in label_sets[i]], sort=True))
+            names = [str(v) for v in vocab]
+            hf_objects = get_hf_objects(hf_objects, config_kwargs=dict(
+                num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}))
+        dblock = DataBlock(blocks=(HFTextBlock(*hf_objects, max_length=max_length, padding=padding,
+                                               tok_kwargs=tok_kwargs), y_block),
+                           get_x=ColReader(text_cols if len(text_cols) == 2 else text_cols[0]), get_y=get_y,
+                           splitter=IndexSplitter(valid))
+        dls = dblock.dataloaders(df, bs=bs, **kwargs)
+        dls.hf_model = hf_objects[3]
+        return dls
+
+
+# display: registered on the input type, so fastai's own show_batch/show_results call these
+def _truncate(text: str, trunc_at: int | None) -> str:
+    return text if trunc_at is None else " ".join(str(text).split(" ")[:trunc_at])
+
+
+def _shown(value) -> str:
+    "A target or prediction as text: a label, or labels joined with '; ' for multi-label."
+    if isinstance(value, (list, tuple)) or (hasattr(value, "items") and not isinstance(value, str)):
+        return "; ".join(str(v) for v in value)
+    return str(value)
+
+
+def _text_columns(x, trunc_at) -> dict:
+    if isinstance(x, HFTextPair):
+        return {"text": _truncate(x.text, trunc_at), "text_pair": _truncate(x.text_pair, trunc_at)}
+    return {"text": _truncate(x, trunc_at)}
+
+
+@dispatch
+def show_batch(x: HFTextInput, y, samples, ctxs=None, max_n=10, trunc_at=150, **kwargs):
+    rows = [{**_text_columns(s[0], trunc_at), **({"target": _shown(s[1])} if len(s) > 1 else {})}
+            for s in samples[:max_n]]
+    display_df(pd.DataFrame(rows))
+    return ctxs
+
+
+@dispatch
+def show_results(x: HFTextInput, y, samples, outs, ctxs=None, max_n=10, trunc_at=150, **kwargs):
+    rows = [{**_text_columns(s[0], trunc_at), "target": _shown(s[1]), "prediction": _shown(o[0])}
+            for s, o in zip(samples[:max_n], outs)]
+    display_df(pd.DataFrame(rows))
+    return ctxs
+
+
+@dispatch
+def plot_top_losses(x: HFTextInput, y, samples, outs, raw_outs, losses, trunc_at=150, **kwargs):
+    rows = [{**_text_columns(s[0], trunc_at), "target": _shown(s[1]), "predicted": _shown(o[0]),
+             "probability": float(r.max()), "loss": float(loss)}
+            for s, o, r, loss in zip(samples, outs, raw_outs, losses)]
+    display_df(pd.DataFrame(rows))
+
+
+@patch
+def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 1):
+    """Classify `texts` like `pipeline("text-classification")`: `[{"label", "score"}]` per text, in input order.
+
+    Texts are tokenized in one call and run in length-sorted batches. `top_k=None` returns every class's
+    probability per text, best first. A single `str` gives a one-element list, as the pipeline does.
+    """
+    if task_for(self.dls).name != TASK_NAME:
+        raise TypeError(f"hf_predict is for {TASK_NAME} learners; this learner is for {task_for(self.dls).name}")
+    single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2)
+    items = [texts] if single else list(texts)
+    tfm, dl = find_hf_transform(self.dls), self.dls.valid
+    inputs = tfm.tokenize([_text_key(t, f"text {i}") for i, t in enumerate(items)])
+    order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
+    bs, probs = bs or dl.bs or 16, [None] * len(items)
+    activation = getattr(self.loss_func, "activation", lambda o: torch.softmax(o, dim=-1))
+    self.model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), bs):
+            chunk = order[start:start + bs]
+            batch = dl.create_batch([(inputs[i],) for i in chunk])[0]
+            logits = getattr(self.model(to_device(dict(batch), dl.device)), "logits")
+            for i, p in zip(chunk, activation(logits.float()).cpu()):
+                probs[i] = p
+    names = _label_names(self.dls)
+    results = [_ranked(p, names, top_k) for p in probs]
+    return results[0] if single and top_k is None else [r[0] for r in results] if top_k == 1 else results
+
+
+def _ranked(probs: torch.Tensor, names: list[str], top_k: int | None) -> list[dict]:
+    scores, idxs = probs.sort(descending=True)
+    k = len(names) if top_k is None else min(top_k, len(names))
+    return [{"label": names[i], "score": s} for s, i in zip(scores[:k].tolist(), idxs[:k].tolist())]
+
+
+register_task(HFTask(name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
+                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model))

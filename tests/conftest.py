@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny models from configs and tokenizers from an in-test vocab; nothing from the hub."""
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+POSITIVE = ["good", "great", "nice", "fine", "lovely"]
+NEGATIVE = ["bad", "awful", "poor", "terrible", "boring"]
+NEUTRAL = ["movie", "film", "the", "a", "was", "plot", "actor", "is", "and", "very"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIALS + POSITIVE + NEGATIVE + NEUTRAL + ["##s", "##ly", ".", ",", "!"]
+
+
+def tiny_bert_config(num_labels=2, **kwargs):
+    return BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    "A local checkpoint directory: tiny BERT classifier and a WordPiece tokenizer over VOCAB."
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(path)
+    return path
+
+
+def make_reviews(n=120, seed=0, n_classes=2):
+    "Synthetic reviews whose sentiment words decide the label."
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % n_classes
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 12))]
+        cue = POSITIVE if label == 0 else NEGATIVE if label == 1 else ["plot", "actor"]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(cue))
+        rows.append({"text": " ".join(words), "label": ["positive", "negative", "neutral"][label],
+                     "is_valid": i % 5 == 0})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def reviews():
+    return make_reviews()
+
+
+@pytest.fixture
+def tiny_objects(tiny_bert_dir):
+    "Fresh `get_hf_objects` output for the tiny BERT (a new model per test)."
+    from blurlite.hf_objects import get_hf_objects
+
+    return get_hf_objects(tiny_bert_dir)
+
+
+def tiny_dls(df, hf_objects, bs=8, **kwargs):
+    "Classification DataLoaders through the DataBlock API."
+    from fastai.text.all import CategoryBlock, ColReader, ColSplitter, DataBlock
+
+    from blurlite.data import HFTextBlock
+
+    block = HFTextBlock(*hf_objects, **kwargs)
+    return DataBlock(blocks=(block, CategoryBlock), get_x=ColReader("text"), get_y=ColReader("label"),
+                     splitter=ColSplitter("is_valid")).dataloaders(df, bs=bs)
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    "The DataFrames that show_batch/show_results/plot_top_losses display, captured instead of printed."
+    import blurlite.tasks.sequence_classification as sc
+
+    frames = []
+    monkeypatch.setattr(sc, "display_df", frames.append)
+    return frames
