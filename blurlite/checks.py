@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["is_missing", "check_frame", "check_columns", "check_texts", "check_labels", "check_binary_columns",
+__all__ = ["is_missing", "plain", "check_frame", "check_columns", "check_texts", "check_labels", "check_binary_columns",
            "check_batch_size", "describe_item"]
 
 
@@ -17,6 +17,11 @@ def is_missing(value) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
     return isinstance(value, float) and math.isnan(value)
+
+
+def plain(value):
+    "A numpy scalar as the Python value it holds, for readable error messages."
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _rows(index: Sequence, limit: int = 5) -> str:
@@ -59,7 +64,7 @@ def check_labels(series: pd.Series, column: str) -> None:
                          "drop or fill them")
     kinds = series.map(_label_kind)
     if kinds.nunique() > 1:
-        examples = "; ".join(f"{kind} {series[kinds == kind].iloc[0]!r} at row {series.index[kinds == kind][0]!r}"
+        examples = "; ".join(f"{kind} {plain(series[kinds == kind].iloc[0])!r} at row {series.index[kinds == kind][0]!r}"
                              for kind in kinds.unique())
         raise TypeError(f"column {column!r} mixes label types ({examples}): one class could be split in two or "
                         f"sorted wrongly. Convert the column to one type, e.g. df[{column!r}].astype(str)")
@@ -83,7 +88,7 @@ def check_binary_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
         bad = values.index[~values.map(lambda v: not is_missing(v) and v in (0, 1)).to_numpy(dtype=bool)]
         if len(bad):
             raise ValueError(f"column {column!r}: multi-label columns must hold 0/1 (or True/False); row "
-                             f"{bad[0]!r} holds {values[bad[0]]!r}")
+                             f"{bad[0]!r} holds {plain(values[bad[0]])!r}")
 
 
 def check_batch_size(n_items: int, bs: int, name: str = "training set") -> None:
@@ -98,5 +103,5 @@ def describe_item(dataset, i: int) -> str:
     split = {0: "training set", 1: "validation set"}.get(getattr(dataset, "split_idx", None), "data")
     items = getattr(dataset, "items", None)
     if isinstance(items, (pd.DataFrame, pd.Series)):
-        return f"{split}, row {items.index[i]!r}"
+        return f"{split}, row {plain(items.index[i])!r}"
     return f"{split}, item {i}"

@@ -9,9 +9,13 @@ from fastcore.foundation import L
 from torch import nn
 
 from .fastai_compat import support_mapping_batches
-from .tasks import task_for
+from .tasks import load_builtin_tasks, task_for
 
 __all__ = ["HFModelWrapper", "HFModelCallback", "hf_splitter", "hf_learner"]
+
+
+# a learner loaded from an export must find its task's methods (`hf_predict`, ...) patched onto `Learner`
+load_builtin_tasks()
 
 
 class HFModelWrapper(nn.Module):

@@ -5,7 +5,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["HFTask", "register_task", "get_task", "task_for"]
+__all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks"]
 
 _TASKS: dict[str, "HFTask"] = {}
 _BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification",)
@@ -34,14 +34,15 @@ def register_task(task: HFTask) -> HFTask:
     return task
 
 
-def _load_builtin_tasks() -> None:
+def load_builtin_tasks() -> None:
+    "Import the task modules that ship with blurlite (each registers its task)."
     for module in _BUILTIN_TASK_MODULES:
         importlib.import_module(module)
 
 
 def get_task(name: str) -> HFTask:
     "The registered task called `name`."
-    _load_builtin_tasks()
+    load_builtin_tasks()
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
     return _TASKS[name]
@@ -51,7 +52,7 @@ def task_for(dls) -> HFTask:
     "The task whose input type the blurlite `DataLoaders` `dls` produce (the most specific match)."
     from ..data import find_hf_transform
 
-    _load_builtin_tasks()
+    load_builtin_tasks()
     input_type = find_hf_transform(dls).input_type
     for cls in input_type.__mro__:
         for task in _TASKS.values():

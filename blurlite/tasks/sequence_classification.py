@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from plum import dispatch
 from transformers import AutoModelForSequenceClassification
 
-from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
+from ..checks import plain, check_binary_columns, check_columns, check_frame, check_labels, check_texts
 from ..data import HFTextBlock, HFTextInput, HFTextPair, _text_key, find_hf_transform
 from ..hf_objects import get_hf_objects
 from . import HFTask, register_task, task_for
@@ -74,7 +74,7 @@ def _split(df: pd.DataFrame, valid_col, valid_pct: float, seed) -> tuple[list[in
         flags = df[valid_col]
         bad = [i for i, v in zip(df.index, flags) if v not in (0, 1)]
         if bad:
-            raise ValueError(f"column {valid_col!r} must be True/False; row {bad[0]!r} holds {flags[bad[0]]!r}")
+            raise ValueError(f"column {valid_col!r} must be True/False; row {bad[0]!r} holds {plain(flags[bad[0]])!r}")
         is_valid = flags.to_numpy(dtype=bool)
     else:
         rng = np.random.default_rng(seed)

@@ -1,0 +1,50 @@
+"""The README's commands and quickstart, and the public API surface of blurlite.all."""
+import re
+from pathlib import Path
+
+import fastai.text.all as fastai_all
+import pytest
+
+import blurlite.all
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    bash_blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    test_command = next(b.strip() for b in bash_blocks if "pytest" in b)
+    assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_quickstart_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in re.findall(r"```python\n(.*?)```", README, re.S):
+        exec(compile(block, "README.md", "exec"), namespace)
+    learn = namespace["learn"]
+    assert (tmp_path / "classifier.pkl").exists()
+    assert learn.predict("what a great movie")[0] in ("positive", "negative")
+
+
+def test_blurlite_all_shadows_no_fastai_name():
+    fastai_names = set(dir(fastai_all))
+    for name in blurlite.all.__all__:
+        if name in fastai_names:
+            assert getattr(fastai_all, name) is getattr(blurlite.all, name), f"{name} shadows fastai's {name}"
+
+
+def test_api_names_are_exported():
+    for name in ("get_hf_objects", "HFTextBlock", "HFTextDataLoaders", "hf_learner", "HFModelWrapper",
+                 "HFModelCallback", "hf_splitter"):
+        assert name in blurlite.all.__all__ and hasattr(blurlite.all, name)
+
+
+def test_version_comes_from_settings_ini():
+    import configparser
+
+    import blurlite
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "settings.ini")
+    assert blurlite.__version__ == cfg["DEFAULT"]["version"]
