@@ -100,8 +100,8 @@ def check_batch_size(n_items: int, bs: int, name: str = "training set") -> None:
 
 def describe_item(dataset, i: int) -> str:
     "Where item `i` of a fastai dataset comes from, e.g. \"validation set, row 17\"."
-    split = {0: "training set", 1: "validation set"}.get(getattr(dataset, "split_idx", None), "data")
+    split = {0: "training set, ", 1: "validation set, "}.get(getattr(dataset, "split_idx", None), "")
     items = getattr(dataset, "items", None)
     if isinstance(items, (pd.DataFrame, pd.Series)):
-        return f"{split}, row {plain(items.index[i])!r}"
-    return f"{split}, item {i}"
+        return f"{split}row {plain(items.index[i])!r}"
+    return f"{split}item {i}"

@@ -25,7 +25,7 @@ def test_minilm_fine_tunes_on_imdb_sample():
     torch.manual_seed(42)
     start = time.perf_counter()
     dls = HFTextDataLoaders.from_df(df, minilm_dir(), text_col="text", label_col="label", valid_col="is_valid",
-                                    bs=16, max_length=128, seed=42)
+                                    bs=8, max_length=128, seed=42)
     learn = hf_learner(dls)
     with learn.no_bar():
         learn.fit_one_cycle(1, 1e-4)

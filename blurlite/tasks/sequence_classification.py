@@ -105,6 +105,19 @@ def _check_valid_labels(df, train, valid, label_sets, column) -> None:
                              "in the training set; move such rows to training or drop them")
 
 
+def _targets(df: pd.DataFrame, label_col, label_delim):
+    "The target block and getter for single-label, delimited multi-label or one-hot multi-label columns."
+    check_columns(df, label_col if isinstance(label_col, list) else [label_col], "label")
+    if isinstance(label_col, list):
+        check_binary_columns(df, label_col)
+        return MultiCategoryBlock(encoded=True, vocab=label_col), OneHotColumns(label_col)
+    check_labels(df[label_col], label_col)
+    if label_delim is not None:
+        check_texts(df[label_col], df.index, label_col)
+        return MultiCategoryBlock(), ColReader(label_col, label_delim=label_delim)
+    return CategoryBlock(), ColReader(label_col)
+
+
 class HFTextDataLoaders(DataLoaders):
     "Factory for sequence classification `DataLoaders`, in the idiom of fastai's `TextDataLoaders`."
 
@@ -124,21 +137,12 @@ class HFTextDataLoaders(DataLoaders):
         text_cols = list(text_col) if isinstance(text_col, (list, tuple)) else [text_col]
         if len(text_cols) not in (1, 2):
             raise ValueError(f"text_col takes one column or two (a text pair), got {text_cols}")
-        label_col = list(label_col) if isinstance(label_col, (list, tuple)) and len(label_col) > 1 else (
-            label_col[0] if isinstance(label_col, (list, tuple)) else label_col)
         check_columns(df, text_cols, "text")
-        check_columns(df, label_col if isinstance(label_col, list) else [label_col], "label")
         for column in text_cols:
             check_texts(df[column], df.index, column)
-        if isinstance(label_col, list):
-            check_binary_columns(df, label_col)
-            y_block, get_y = MultiCategoryBlock(encoded=True, vocab=label_col), OneHotColumns(label_col)
-        else:
-            check_labels(df[label_col], label_col)
-            if label_delim is not None:
-                check_texts(df[label_col], df.index, label_col)
-            y_block = MultiCategoryBlock() if label_delim is not None else CategoryBlock()
-            get_y = ColReader(label_col, label_delim=label_delim)
+        if isinstance(label_col, (list, tuple)) and len(label_col) == 1:
+            label_col = label_col[0]
+        y_block, get_y = _targets(df, list(label_col) if isinstance(label_col, tuple) else label_col, label_delim)
         train, valid = _split(df, valid_col, valid_pct, seed)
         label_sets = _label_sets(df, label_col, label_delim)
         _check_valid_labels(df, train, valid, label_sets, label_col)
@@ -216,12 +220,13 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
     order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
     bs, probs = bs or dl.bs or 16, [None] * len(items)
     activation = getattr(self.loss_func, "activation", lambda o: torch.softmax(o, dim=-1))
+    device = next(self.model.parameters()).device
     self.model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), bs):
             chunk = order[start:start + bs]
             batch = dl.create_batch([(inputs[i],) for i in chunk])[0]
-            logits = getattr(self.model(to_device(dict(batch), dl.device)), "logits")
+            logits = self.model(to_device(dict(batch), device)).logits
             for i, p in zip(chunk, activation(logits.float()).cpu()):
                 probs[i] = p
     names = _label_names(self.dls)
