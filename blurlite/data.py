@@ -61,15 +61,15 @@ def tokenizer_pad_values(hf_tokenizer) -> dict[str, int]:
             "attention_mask": 0, "special_tokens_mask": 1}
 
 
-def _text_key(x, where: str) -> str | tuple[str, str]:
-    "A validated, hashable form of one text or text pair; errors name `where` it comes from."
+def _text_key(x, where=lambda: "input") -> str | tuple[str, str]:
+    "A validated, hashable form of one text or text pair; errors name `where()` it comes from."
     if isinstance(x, str):
         return x
     if isinstance(x, (list, tuple, L)) and len(x) == 2 and all(isinstance(t, str) for t in x):
         return (x[0], x[1])
     if is_missing(x) or (isinstance(x, (list, tuple, L)) and any(is_missing(t) for t in x)):
-        raise ValueError(f"{where}: the text is missing ({x!r}); drop or fill that row")
-    raise TypeError(f"{where}: expected a str or a [text, text_pair] pair of str, got {type(x).__name__} {x!r}")
+        raise ValueError(f"{where()}: the text is missing ({x!r}); drop or fill that row")
+    raise TypeError(f"{where()}: expected a str or a [text, text_pair] pair of str, got {type(x).__name__} {x!r}")
 
 
 def _column_name(items) -> str | None:
@@ -101,7 +101,7 @@ class HFTokenize(ItemTransform):
         if len(items) == 0:
             raise ValueError("the data is empty: there is no text to tokenize")
         column = _column_name(items)
-        where = lambda i: describe_item(items, i) + (f", column {column}" if column else "")
+        where = lambda i: lambda: describe_item(items, i) + (f", column {column}" if column else "")  # noqa: E731
         keys = [_text_key(items[i], where(i)) for i in range(len(items))]
         unique = list(dict.fromkeys(keys))
         self._cache = dict(zip(unique, self.tokenize(unique)))
@@ -122,7 +122,7 @@ class HFTokenize(ItemTransform):
         return out
 
     def encodes(self, x: str | list | tuple | L) -> HFTextInput:
-        key = _text_key(x, "input")
+        key = _text_key(x)
         cached = self._cache.get(key)
         return HFTextInput(cached) if cached is not None else self.tokenize([key])[0]
 

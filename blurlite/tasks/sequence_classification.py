@@ -216,7 +216,7 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
     single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2)
     items = [texts] if single else list(texts)
     tfm, dl = find_hf_transform(self.dls), self.dls.valid
-    inputs = tfm.tokenize([_text_key(t, f"text {i}") for i, t in enumerate(items)])
+    inputs = tfm.tokenize([_text_key(t, lambda: f"text {i}") for i, t in enumerate(items)])
     order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
     bs, probs = bs or dl.bs or 16, [None] * len(items)
     activation = getattr(self.loss_func, "activation", lambda o: torch.softmax(o, dim=-1))
