@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.data.block import TransformBlock
@@ -20,10 +21,12 @@ from torch.nn.utils.rnn import pad_sequence
 from .checks import check_batch_size, describe_item, is_missing
 from .fastai_compat import support_mapping_batches
 
-__all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "HFTokenize", "HFSortedDL", "HFTextBlock",
+__all__ = ["IGNORE_INDEX", "NON_MODEL_KEYS", "HFTextInput", "HFTextPair", "HFTokenize", "HFSortedDL", "HFTextBlock",
            "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
+# batch keys blurlite keeps for itself (alignment, decoding); they are not passed to the model
+NON_MODEL_KEYS = frozenset({"word_ids", "n_words", "offset_mapping", "special_tokens_mask"})
 _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
 
 
@@ -102,9 +105,13 @@ class HFTokenize(ItemTransform):
             raise ValueError("the data is empty: there is no text to tokenize")
         column = _column_name(items)
         where = lambda i: lambda: describe_item(items, i) + (f", column {column}" if column else "")  # noqa: E731
-        keys = [_text_key(items[i], where(i)) for i in range(len(items))]
+        keys = [self.key(items[i], where(i), labelled=True) for i in range(len(items))]
         unique = list(dict.fromkeys(keys))
         self._cache = dict(zip(unique, self.tokenize(unique)))
+
+    def key(self, x, where=lambda: "input", labelled=False):
+        "The validated, hashable cache key of item `x` (`labelled`: it comes from training data)."
+        return _text_key(x, where)
 
     def tokenize(self, keys: list) -> list[HFTextInput]:
         "Tokenize texts and text pairs in batched calls of the fast tokenizer; one `HFTextInput` per key."
@@ -122,7 +129,7 @@ class HFTokenize(ItemTransform):
         return out
 
     def encodes(self, x: str | list | tuple | L) -> HFTextInput:
-        key = _text_key(x)
+        key = self.key(x)
         cached = self._cache.get(key)
         return HFTextInput(cached) if cached is not None else self.tokenize([key])[0]
 
@@ -155,15 +162,15 @@ def find_hf_transform(dls):
                      "(or HFTextDataLoaders.from_df)")
 
 
-def _item_lengths(dataset) -> list[int]:
+def _item_lengths(dl) -> list[int]:
     "Token count of every item; processing each item once also surfaces bad rows, named, at creation time."
     lengths = []
-    for i in range(len(dataset)):
+    for i in range(len(dl.dataset)):
         try:
-            item = dataset[i]
+            item = dl.do_item(i)
         except (KeyError, ValueError, TypeError) as e:
             message = e.args[0] if e.args else repr(e)
-            raise ValueError(f"{describe_item(dataset, i)}: {message}") from e
+            raise ValueError(f"{describe_item(dl.dataset, i)}: {message}") from e
         x = item[0] if isinstance(item, tuple) else item
         lengths.append(len(x["input_ids"]))
     return lengths
@@ -202,8 +209,12 @@ class HFSortedDL(SortedDL):
         support_mapping_batches()
         self.pad_values, self.padding_side, self.pad_to = dict(pad_values or {}), padding_side, pad_to
         # items are cached token ids: worker processes would cost more than they save
-        super().__init__(dataset, sort_func=_input_length, res=_item_lengths(dataset) if res is None else res,
+        super().__init__(dataset, sort_func=_input_length, res=[] if res is None else res,
                          num_workers=num_workers, **kwargs)
+        if res is None:  # after SortedDL's init, so that item transforms (label alignment) run too
+            self.res = _item_lengths(self)
+            if self.res:
+                self.idx_max = int(np.argmax(self.res))
         if self.drop_last:
             check_batch_size(len(dataset), self.bs)
 

@@ -8,6 +8,7 @@ from fastcore.basics import patch
 from fastcore.foundation import L
 from torch import nn
 
+from .data import NON_MODEL_KEYS
 from .fastai_compat import support_mapping_batches
 from .tasks import load_builtin_tasks, task_for
 
@@ -19,14 +20,14 @@ load_builtin_tasks()
 
 
 class HFModelWrapper(nn.Module):
-    "An `nn.Module` whose forward takes the dict batch: `forward(x)` returns `hf_model(**x)`."
+    "An `nn.Module` whose forward takes the dict batch: `forward(x)` returns `hf_model(**x)` (blurlite's own keys left out)."
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
         self.hf_model = hf_model
 
     def forward(self, x: dict):
-        return self.hf_model(**x)
+        return self.hf_model(**{k: v for k, v in x.items() if k not in NON_MODEL_KEYS})
 
 
 def _plain(t):
