@@ -131,7 +131,7 @@ class HFTokenize(ItemTransform):
     def encodes(self, x: str | list | tuple | L) -> HFTextInput:
         key = self.key(x)
         cached = self._cache.get(key)
-        return HFTextInput(cached) if cached is not None else self.tokenize([key])[0]
+        return type(cached)(cached) if cached is not None else self.tokenize([key])[0]
 
     def decodes(self, x: HFTextInput):
         "Readable text (an `HFTextPair` for pairs), split at separator tokens, special tokens dropped."

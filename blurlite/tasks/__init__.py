@@ -8,7 +8,7 @@ from typing import Callable
 __all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks"]
 
 _TASKS: dict[str, "HFTask"] = {}
-_BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification",)
+_BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification")
 
 
 def _no_change(dls, hf_model) -> None:

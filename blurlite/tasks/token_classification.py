@@ -1,0 +1,336 @@
+"""Token classification (NER): word-level labels in, word-level labels and entities out."""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.data.block import TransformBlock
+from fastai.data.transforms import CategoryMap
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import Metric
+from fastai.torch_core import TensorBase, display_df
+from fastcore.basics import patch
+from fastcore.foundation import L
+from fasttransform import DisplayedTransform, ItemTransform
+from plum import dispatch
+from transformers import AutoModelForTokenClassification, TokenClassificationPipeline
+
+from ..checks import is_missing
+from ..data import IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, find_hf_transform
+from . import HFTask, register_task, task_for
+
+__all__ = ["HFTokenClassInput", "HFWords", "TensorTokenLabels", "HFTokenizeWords", "HFTokenClassBlock",
+           "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels", "TokenCrossEntropyLossFlat",
+           "align_word_labels", "word_labels_from_tokens", "read_conll", "entity_f1", "entity_precision",
+           "entity_recall", "token_accuracy", "SeqevalMetric"]
+
+TASK_NAME = "token-classification"
+
+
+class HFTokenClassInput(HFTextInput):
+    "Token ids of a token-classification item or batch, with `word_ids` (-1: no word) and `n_words`."
+
+
+class HFWords(list):
+    "A decoded list of words."
+
+
+class TensorTokenLabels(TensorBase):
+    "Label ids of words or sub-tokens; batches pad with `IGNORE_INDEX`."
+    pad_value = IGNORE_INDEX
+
+
+def align_word_labels(word_ids: list[int | None], word_labels: list[int], first_only: bool = True) -> list[int]:
+    """Spread word labels over sub-tokens; IGNORE_INDEX marks tokens the loss skips."""
+    aligned, previous = [], None
+    for word_id in word_ids:
+        starts_word = word_id is not None and word_id != previous
+        labelled = starts_word or (word_id is not None and not first_only)
+        aligned.append(word_labels[word_id] if labelled else IGNORE_INDEX)
+        previous = word_id
+    return aligned
+
+
+def word_labels_from_tokens(word_ids: list[int], token_labels: list[int], n_words: int) -> list[int]:
+    "One label per word: the label of its first sub-token; IGNORE_INDEX for words without a token."
+    labels = [IGNORE_INDEX] * n_words
+    for position in range(len(word_ids) - 1, -1, -1):  # backwards, so the first sub-token wins
+        if 0 <= word_ids[position] < n_words:
+            labels[word_ids[position]] = token_labels[position]
+    return labels
+
+
+def _words(x, where=lambda: "input", labelled=False) -> tuple[str, ...]:
+    "Validated words of one item: a list of str, or (at inference) a str split on whitespace."
+    if isinstance(x, str):
+        if labelled:
+            raise TypeError(f"{where()}: the words are one str ({x[:40]!r}); give a list of words, e.g. "
+                            "str.split() them, so that each label has its word")
+        return tuple(x.split())
+    if is_missing(x) or not isinstance(x, (list, tuple, L, np.ndarray)):
+        raise TypeError(f"{where()}: expected a list of words, got {type(x).__name__} {x!r}")
+    bad = [w for w in x if not isinstance(w, str)]
+    if bad:
+        raise TypeError(f"{where()}: every word must be a str, got {type(bad[0]).__name__} {bad[0]!r}")
+    return tuple(x)
+
+
+class HFTokenizeWords(HFTokenize):
+    "Tokenize a list of words once (`is_split_into_words`), keeping which word each sub-token belongs to."
+    input_type = HFTokenClassInput
+
+    def __init__(self, hf_tokenizer, max_length=None, truncation=True, tok_kwargs=None):
+        if not getattr(hf_tokenizer, "is_fast", False):
+            raise ValueError("token classification needs a fast tokenizer: word_ids() aligns words and sub-tokens")
+        super().__init__(hf_tokenizer, max_length=max_length, truncation=truncation, tok_kwargs=tok_kwargs)
+        self.input_types = (str, list, tuple, L, np.ndarray)
+
+    def key(self, x, where=lambda: "input", labelled=False):
+        return _words(x, where, labelled)
+
+    def tokenize(self, keys: list) -> list[HFTokenClassInput]:
+        enc = self.hf_tokenizer([list(k) for k in keys], is_split_into_words=True, truncation=self.truncation,
+                                max_length=self.max_length, return_attention_mask=True, **self.tok_kwargs)
+        out = []
+        for j, words in enumerate(keys):
+            item = HFTokenClassInput({k: torch.tensor(enc[k][j]) for k in enc.keys()})
+            item["word_ids"] = torch.tensor([-1 if w is None else w for w in enc.word_ids(j)])
+            item["n_words"] = torch.tensor([len(words)])
+            out.append(item)
+        cut = sum(1 for k, x in zip(keys, out) if any(w.strip() for w in k[int(x["word_ids"].max()) + 1:]))
+        if cut and self.truncation:
+            warnings.warn(f"{cut} of {len(keys)} word lists are longer than max_length={self.max_length} tokens: "
+                          "their last words get no label (None). Raise max_length, or use predict_entities, "
+                          "which covers long texts with overlapping windows")
+        return out
+
+    def decodes(self, x: HFTokenClassInput) -> HFWords:
+        "The words, each decoded from its sub-tokens ('' for a word without a token)."
+        ids, word_ids = x["input_ids"].tolist(), x["word_ids"].tolist()
+        groups = [[] for _ in range(int(x["n_words"][0]))]
+        for token, word in zip(ids, word_ids):
+            if 0 <= word < len(groups):
+                groups[word].append(token)
+        return HFWords(self.hf_tokenizer.decode(g).replace(" ", "") if g else "" for g in groups)
+
+
+class AlignWordLabels(ItemTransform):
+    "Item `(x, word_labels)` -> `(x, sub-token labels)` with the fast tokenizer's word ids; decodes back to words."
+    _retain = False
+
+    def __init__(self, first_only: bool = True):
+        super().__init__()
+        self.first_only = first_only
+
+    def encodes(self, xy):
+        if len(xy) < 2 or not isinstance(xy[0], HFTokenClassInput):
+            return tuple(xy)
+        x, y = xy[0], xy[1]
+        n_words = int(x["n_words"][0])
+        if len(y) != n_words:
+            raise ValueError(f"{n_words} words but {len(y)} labels: each word needs one label")
+        aligned = align_word_labels([None if w < 0 else w for w in x["word_ids"].tolist()], y.tolist(),
+                                    self.first_only)
+        return (x, TensorTokenLabels(torch.tensor(aligned)), *xy[2:])
+
+    def decodes(self, xy):
+        if len(xy) < 2 or not isinstance(xy[0], HFTokenClassInput):
+            return tuple(xy)
+        x = xy[0]
+        words = word_labels_from_tokens(x["word_ids"].tolist(), xy[1].tolist(), int(x["n_words"][0]))
+        return (x, *[TensorTokenLabels(torch.tensor(words)) for _ in xy[1:]])
+
+
+class TokenCategorize(DisplayedTransform):
+    "Word labels <-> label ids, with a fixed vocab (`num_labels` comes from it); IGNORE_INDEX decodes to None."
+    order = 1
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = CategoryMap(list(vocab), sort=False)
+        self.loss_func = TokenCrossEntropyLossFlat()
+
+    def encodes(self, labels: list | tuple | L | np.ndarray) -> TensorTokenLabels:
+        unknown = [lb for lb in labels if lb not in self.vocab.o2i]
+        if unknown:
+            raise KeyError(f"label {unknown[0]!r} is not in the label vocab {list(self.vocab)}")
+        return TensorTokenLabels(torch.tensor([self.vocab.o2i[lb] for lb in labels]))
+
+    def decodes(self, ids: TensorTokenLabels) -> HFWords:
+        return HFWords(None if i == IGNORE_INDEX else self.vocab[i] for i in ids.tolist())
+
+
+def TokenCategoryBlock(vocab) -> TransformBlock:
+    "A `TransformBlock` for word labels (a list per row), with the label vocabulary `vocab`."
+    return TransformBlock(type_tfms=TokenCategorize(vocab))
+
+
+class HFTokenClassBlock(HFTextBlock):
+    """`HFTextBlock` for lists of words: `labeling="first"` labels each word's first sub-token, `"all"` every one.
+
+    Example: `DataBlock(blocks=(HFTokenClassBlock(*hf_objects), TokenCategoryBlock(vocab=labels)), ...)`
+    """
+    tokenize_cls = HFTokenizeWords
+
+    def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, labeling: str = "first", max_length=None,
+                 padding=True, truncation=True, tok_kwargs=None):
+        if labeling not in ("first", "all"):
+            raise ValueError(f"labeling must be 'first' or 'all', got {labeling!r}")
+        super().__init__(hf_arch, hf_config, hf_tokenizer, hf_model, max_length=max_length, padding=padding,
+                         truncation=truncation, tok_kwargs=tok_kwargs)
+        self.dls_kwargs["pad_values"]["word_ids"] = -1
+        self.item_tfms = [AlignWordLabels(first_only=labeling == "first")]
+
+
+class TokenCrossEntropyLossFlat(CrossEntropyLossFlat):
+    "Cross-entropy over labelled sub-tokens only: 0, not NaN, for a batch with no labelled token."
+
+    def __call__(self, inp, targ, **kwargs):
+        if self.reduction != "mean":
+            return super().__call__(inp, targ, **kwargs)
+        self.reduction = "sum"
+        try:
+            total = super().__call__(inp, targ, **kwargs)
+        finally:
+            self.reduction = "mean"
+        return total / (targ != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def read_conll(path, word_col: int = 0, tag_col: int = -1) -> pd.DataFrame:
+    """Read a CoNLL-style file (`token<TAB>tag` lines, sentences split by blank lines) into `words` and `tags`.
+
+    Example: `df = read_conll("wnut17_train.conll")` -> one row per sentence, lists of words and tags.
+    """
+    sentences, words, tags = [], [], []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            if words:
+                sentences.append((words, tags))
+            words, tags = [], []
+            continue
+        fields = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+        if len(fields) < 2:
+            raise ValueError(f"{path}, line {number}: expected 'token<TAB>tag', got {line!r}")
+        words.append(fields[word_col])
+        tags.append(fields[tag_col].strip())
+    if words:
+        sentences.append((words, tags))
+    return pd.DataFrame(sentences, columns=["words", "tags"])
+
+
+# metrics: seqeval on word-level sequences (each word's first sub-token), conlleval-compatible by default
+class SeqevalMetric(Metric):
+    "Entity precision/recall/F1 (seqeval, default mode) or token accuracy over words, for the training table."
+
+    def __init__(self, score: str = "f1"):
+        if score not in ("f1", "precision", "recall", "accuracy"):
+            raise ValueError(f"score must be f1, precision, recall or accuracy, got {score!r}")
+        self.score = score
+        self.reset()
+
+    def reset(self):
+        self.y_true, self.y_pred = [], []
+
+    def accumulate(self, learn):
+        vocab = learn.dls.vocab
+        preds, targs = learn.pred.argmax(-1).tolist(), learn.yb[0].tolist()
+        for p, t, w in zip(preds, targs, learn.xb[0]["word_ids"].tolist()):
+            keep = [i for i in range(len(w)) if w[i] >= 0 and (i == 0 or w[i] != w[i - 1]) and t[i] != IGNORE_INDEX]
+            self.y_true.append([vocab[t[i]] for i in keep])
+            self.y_pred.append([vocab[p[i]] for i in keep])
+
+    @property
+    def value(self):
+        import seqeval.metrics
+
+        if not any(self.y_true):
+            return None
+        score = {"f1": seqeval.metrics.f1_score, "precision": seqeval.metrics.precision_score,
+                 "recall": seqeval.metrics.recall_score, "accuracy": seqeval.metrics.accuracy_score}[self.score]
+        return score(self.y_true, self.y_pred)
+
+    @property
+    def name(self):
+        return "token_accuracy" if self.score == "accuracy" else f"entity_{self.score}"
+
+
+entity_f1, entity_precision, entity_recall, token_accuracy = (SeqevalMetric(s) for s in
+                                                              ("f1", "precision", "recall", "accuracy"))
+
+
+def _default_metrics(dls) -> list:
+    return [SeqevalMetric(s) for s in ("precision", "recall", "f1", "accuracy")]
+
+
+def _prepare_model(dls, hf_model) -> None:
+    "Check the head against the label vocab, and write the labels into the config (`num_labels` from the vocab)."
+    names, config = [str(v) for v in dls.vocab], hf_model.config
+    if config.num_labels != len(names):
+        raise ValueError(f"the model has {config.num_labels} outputs but the label vocab has {len(names)} labels: "
+                         f"load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+
+
+# display: one row per sample, each word with its label
+def _tagged(words, labels, trunc_at=None) -> str:
+    pairs = [f"{w}/{lb}" for w, lb in zip(words, labels)]
+    return " ".join(pairs if trunc_at is None else pairs[:trunc_at])
+
+
+@dispatch
+def show_batch(x: HFTokenClassInput, y, samples, ctxs=None, max_n=10, trunc_at=None, **kwargs):
+    rows = [{"words": " ".join(s[0]), **({"target": _tagged(s[0], s[1], trunc_at)} if len(s) > 1 else {})}
+            for s in samples[:max_n]]
+    display_df(pd.DataFrame(rows))
+    return ctxs
+
+
+@dispatch
+def show_results(x: HFTokenClassInput, y, samples, outs, ctxs=None, max_n=10, trunc_at=None, **kwargs):
+    rows = [{"words": " ".join(s[0]), "target": _tagged(s[0], s[1], trunc_at),
+             "prediction": _tagged(s[0], o[0], trunc_at)} for s, o in zip(samples[:max_n], outs)]
+    display_df(pd.DataFrame(rows))
+    return ctxs
+
+
+# inference
+def _check_task(learn, method: str) -> None:
+    if task_for(learn.dls).name != TASK_NAME:
+        raise TypeError(f"{method} is for {TASK_NAME} learners; this learner is for {task_for(learn.dls).name}")
+
+
+@patch
+def predict_entities(self: Learner, text: str, aggregation_strategy: str = "simple", stride: int | None = None):
+    """Entities in `text`, as `pipeline("token-classification", aggregation_strategy=...)` returns them.
+
+    Texts longer than the block's `max_length` are covered by overlapping windows (`stride`, by default a
+    quarter of `max_length`) for every strategy but "none", which has no windows: its tokens past `max_length`
+    are not labelled, and a warning says so.
+    """
+    _check_task(self, "predict_entities")
+    tfm = find_hf_transform(self.dls)
+    tokenizer = tfm.hf_tokenizer
+    if tfm.max_length:  # the pipeline truncates and windows at the tokenizer's limit: make it the block's
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.model_max_length = tfm.max_length
+    too_long = tfm.max_length and len(tokenizer(text, truncation=False)["input_ids"]) > tfm.max_length
+    if too_long and stride is None and aggregation_strategy != "none":
+        stride = tfm.max_length // 4
+    elif too_long and aggregation_strategy == "none":
+        warnings.warn(f"the text is longer than max_length={tfm.max_length} tokens: with aggregation_strategy="
+                      "'none' the tokens past it get no label; use another strategy to cover them with windows")
+    self.model.eval()
+    pipe = TokenClassificationPipeline(model=self.model.hf_model, tokenizer=tokenizer,
+                                       device=next(self.model.parameters()).device)
+    return pipe(text, aggregation_strategy=aggregation_strategy, **({"stride": stride} if stride else {}))
+
+
+register_task(HFTask(name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
+                     default_loss=lambda dls: TokenCrossEntropyLossFlat(), default_metrics=_default_metrics,
+                     prepare_model=_prepare_model))
