@@ -11,3 +11,18 @@ __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPa
            "find_hf_transform", "model_max_length", "HFObjects", "get_hf_objects", "HFModelCallback",
            "HFModelWrapper", "hf_learner", "hf_splitter", "HFTask", "get_task", "register_task", "task_for",
            "HFTextDataLoaders", "OneHotColumns", "is_multi_label", "is_missing"]
+from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassInput, HFTokenizeWords,
+                                         HFWords, SeqevalMetric, TensorTokenLabels, TokenCategorize,
+                                         TokenCategoryBlock, TokenCrossEntropyLossFlat, align_word_labels,
+                                         entity_f1, entity_precision, entity_recall, read_conll, token_accuracy,
+                                         word_labels_from_tokens)
+
+__all__ += ["AlignWordLabels", "HFTokenClassBlock", "HFTokenClassInput", "HFTokenizeWords", "HFWords",
+            "SeqevalMetric", "TensorTokenLabels", "TokenCategorize", "TokenCategoryBlock",
+            "TokenCrossEntropyLossFlat", "align_word_labels", "entity_f1", "entity_precision", "entity_recall",
+            "read_conll", "token_accuracy", "word_labels_from_tokens"]
+
+# the model classes get_hf_objects takes, so that `from blurlite.all import *` is enough in a notebook
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification  # noqa: E402
+
+__all__ += ["AutoModelForMaskedLM", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"]

@@ -133,7 +133,7 @@ def test_summary_walks_the_dict_batch(tiny_objects, reviews):
 
 def test_head_size_must_match_the_labels(tiny_objects):
     df = make_reviews(60, n_classes=3)
-    with pytest.raises(ValueError, match="2 outputs but the data has 3 labels.*num_labels': 3"):
+    with pytest.raises(ValueError, match="2 outputs but the label vocab has 3 labels.*num_labels': 3"):
         hf_learner(tiny_dls(df, tiny_objects), tiny_objects.hf_model)
 
 

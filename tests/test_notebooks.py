@@ -9,7 +9,7 @@ NBS = sorted((Path(__file__).resolve().parents[1] / "nbs").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert [nb.name for nb in NBS][:1] == ["01_sequence_classification.ipynb"]
+    assert [nb.name for nb in NBS][:2] == ["01_sequence_classification.ipynb", "02_token_classification.ipynb"]
 
 
 @pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)

@@ -5,7 +5,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks"]
+__all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks", "set_model_labels"]
 
 _TASKS: dict[str, "HFTask"] = {}
 _BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification")
@@ -24,6 +24,16 @@ class HFTask:
     default_loss: Callable  # dls -> loss function
     default_metrics: Callable  # dls -> list of metrics
     prepare_model: Callable = field(default=_no_change)  # (dls, hf_model) -> None: align the config with the data
+
+
+def set_model_labels(hf_model, names: list[str]) -> None:
+    "Check the head's size against the label names, then write them into the config (`id2label`, `label2id`)."
+    config = hf_model.config
+    if config.num_labels != len(names):
+        raise ValueError(f"the model has {config.num_labels} outputs but the label vocab has {len(names)} labels "
+                         f"{names[:10]}: load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
 
 
 def register_task(task: HFTask) -> HFTask:

@@ -18,7 +18,7 @@ from transformers import AutoModelForSequenceClassification
 from ..checks import plain, check_binary_columns, check_columns, check_frame, check_labels, check_texts
 from ..data import HFTextBlock, HFTextInput, HFTextPair, _text_key, find_hf_transform
 from ..hf_objects import get_hf_objects
-from . import HFTask, register_task, task_for
+from . import HFTask, register_task, set_model_labels, task_for
 
 __all__ = ["HFTextDataLoaders", "OneHotColumns", "is_multi_label"]
 
@@ -36,14 +36,10 @@ def _label_names(dls) -> list[str]:
 
 
 def _prepare_model(dls, hf_model) -> None:
-    "Check the head's size against the label vocabulary and write the labels into the model's config."
-    names, config = _label_names(dls), hf_model.config
-    if config.num_labels != len(names):
-        raise ValueError(f"the model has {config.num_labels} outputs but the data has {len(names)} labels "
-                         f"{names[:10]}: load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}
-    config.problem_type = "multi_label_classification" if is_multi_label(dls) else "single_label_classification"
+    "Write the labels and the problem type into the model's config, after checking the head's size."
+    set_model_labels(hf_model, _label_names(dls))
+    hf_model.config.problem_type = ("multi_label_classification" if is_multi_label(dls)
+                                    else "single_label_classification")
 
 
 def _default_loss(dls):

@@ -22,7 +22,7 @@ from transformers import AutoModelForTokenClassification, TokenClassificationPip
 
 from ..checks import is_missing
 from ..data import IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, find_hf_transform
-from . import HFTask, register_task, task_for
+from . import HFTask, register_task, set_model_labels, task_for
 
 __all__ = ["HFTokenClassInput", "HFWords", "TensorTokenLabels", "HFTokenizeWords", "HFTokenClassBlock",
            "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels", "TokenCrossEntropyLossFlat",
@@ -105,8 +105,8 @@ class HFTokenizeWords(HFTokenize):
         cut = sum(1 for k, x in zip(keys, out) if any(w.strip() for w in k[int(x["word_ids"].max()) + 1:]))
         if cut and self.truncation:
             warnings.warn(f"{cut} of {len(keys)} word lists are longer than max_length={self.max_length} tokens: "
-                          "their last words get no label (None). Raise max_length, or use predict_entities, "
-                          "which covers long texts with overlapping windows")
+                          "their last words are cut (not learned from in training; labelled None by predict). Raise "
+                          "max_length, or use predict_entities, which covers long texts with overlapping windows")
         return out
 
     def decodes(self, x: HFTokenClassInput) -> HFWords:
@@ -263,18 +263,17 @@ entity_f1, entity_precision, entity_recall, token_accuracy = (SeqevalMetric(s) f
                                                               ("f1", "precision", "recall", "accuracy"))
 
 
+def _default_loss(dls):
+    return TokenCrossEntropyLossFlat()
+
+
 def _default_metrics(dls) -> list:
     return [SeqevalMetric(s) for s in ("precision", "recall", "f1", "accuracy")]
 
 
 def _prepare_model(dls, hf_model) -> None:
-    "Check the head against the label vocab, and write the labels into the config (`num_labels` from the vocab)."
-    names, config = [str(v) for v in dls.vocab], hf_model.config
-    if config.num_labels != len(names):
-        raise ValueError(f"the model has {config.num_labels} outputs but the label vocab has {len(names)} labels: "
-                         f"load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}
+    "`num_labels` comes from the label vocab: check the head against it and write the labels into the config."
+    set_model_labels(hf_model, [str(v) for v in dls.vocab])
 
 
 # display: one row per sample, each word with its label
@@ -332,5 +331,5 @@ def predict_entities(self: Learner, text: str, aggregation_strategy: str = "simp
 
 
 register_task(HFTask(name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
-                     default_loss=lambda dls: TokenCrossEntropyLossFlat(), default_metrics=_default_metrics,
+                     default_loss=_default_loss, default_metrics=_default_metrics,
                      prepare_model=_prepare_model))
