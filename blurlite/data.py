@@ -228,16 +228,18 @@ class HFSortedDL(SortedDL):
     def _collate_field(self, values: list):
         first = values[0]
         if isinstance(first, Mapping):
-            return type(first)({k: self._pad([v[k] for v in values], self.pad_values.get(k, 0)) for k in first})
+            n_tokens = len(first["input_ids"])  # only per-token keys are padded up to `pad_to`
+            return type(first)({k: self._pad([v[k] for v in values], self.pad_values.get(k, 0),
+                                             self.pad_to if len(first[k]) == n_tokens else None) for k in first})
         pad_value = getattr(first, "pad_value", None)
         if pad_value is not None and first.ndim > 0:  # token-level targets are padded like the inputs
-            return type(first)(self._pad(values, pad_value))
+            return type(first)(self._pad(values, pad_value, self.pad_to))
         return fa_collate(values)
 
-    def _pad(self, tensors: list, value: int) -> torch.Tensor:
+    def _pad(self, tensors: list, value: int, pad_to: int | None = None) -> torch.Tensor:
         batch = pad_sequence(tensors, batch_first=True, padding_value=value, padding_side=self.padding_side)
-        if self.pad_to and batch.shape[1] < self.pad_to:
-            extra = self.pad_to - batch.shape[1]
+        if pad_to and batch.shape[1] < pad_to:
+            extra = pad_to - batch.shape[1]
             batch = F.pad(batch, (extra, 0) if self.padding_side == "left" else (0, extra), value=value)
         return batch
 

@@ -124,3 +124,16 @@ def test_item_input_is_a_dict_of_1d_tensors(tiny_objects):
     x = HFTokenize(tiny_objects.hf_tokenizer)("the good movie")
     assert isinstance(x, HFTextInput) and x["input_ids"].tolist() == [VOCAB.index(w) for w in
                                                                   ("[CLS]", "the", "good", "movie", "[SEP]")]
+
+
+def test_padding_max_length_pads_every_batch_to_max_length(tiny_objects, reviews):
+    dls = tiny_dls(reviews, tiny_objects, max_length=24, padding="max_length")
+    assert {x["input_ids"].shape[1] for dl in (dls.train, dls.valid) for x, _ in dl} == {24}
+    samples = dls.valid.decode_batch(dls.valid.one_batch(), max_n=2)
+    assert all(str(x) in set(reviews.text) for x, _ in samples)
+
+
+def test_left_padding_side_is_respected(tiny_objects, reviews):
+    tiny_objects.hf_tokenizer.padding_side = "left"
+    x, _ = tiny_dls(varied_lengths(), tiny_objects, bs=8).valid.one_batch()
+    assert x["attention_mask"][:, -1].all() and not x["attention_mask"][:, 0].all()

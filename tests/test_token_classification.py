@@ -162,6 +162,15 @@ def test_show_batch_and_results_at_word_level(trained, shown_ner):
     assert list(shown_ner[-1].columns) == ["words", "target", "prediction"]
 
 
+def test_padding_max_length_keeps_word_counts(tiny_ner_dir):
+    df = make_sentences(40)
+    dls = ner_dls(df, ner_objects(tiny_ner_dir), max_length=32, padding="max_length")
+    x, y = dls.valid.one_batch()
+    assert x["input_ids"].shape[1] == y.shape[1] == 32 and x["n_words"].shape[1] == 1
+    words, tags = dls.valid.decode_batch((x, y), max_n=1)[0]
+    assert (list(words), list(tags)) in [(list(w), list(t)) for w, t in zip(df.words, df.tags)]
+
+
 # training and metrics
 def test_metrics_in_the_training_table_match_seqeval(trained):
     import seqeval.metrics
