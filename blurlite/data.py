@@ -272,7 +272,7 @@ class HFTextBlock(TransformBlock):
     tokenize_cls = HFTokenize
 
     def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, max_length: int | None = None, padding=True,
-                 truncation=True, tok_kwargs: dict | None = None, **tokenize_kwargs):
+                 truncation=True, tok_kwargs: dict | None = None):
         limit = model_max_length(hf_config, hf_tokenizer, hf_model)
         if max_length is None or (limit is not None and max_length > limit):
             max_length = limit
@@ -280,7 +280,7 @@ class HFTextBlock(TransformBlock):
             raise ValueError("padding='max_length' needs max_length (the model reports no limit)")
         self.max_length = max_length
         tokenize = self.tokenize_cls(hf_tokenizer, max_length=max_length, truncation=truncation,
-                                     tok_kwargs=tok_kwargs, **tokenize_kwargs)
+                                     tok_kwargs=tok_kwargs)
         dls_kwargs = dict(pad_values=tokenizer_pad_values(hf_tokenizer), padding_side=hf_tokenizer.padding_side,
                           pad_to=max_length if padding == "max_length" else None)
         super().__init__(type_tfms=[tokenize], dl_type=HFSortedDL, dls_kwargs=dls_kwargs)

@@ -16,7 +16,7 @@ from plum import dispatch
 from transformers import AutoModelForSequenceClassification
 
 from ..checks import plain, check_binary_columns, check_columns, check_frame, check_labels, check_texts
-from ..data import HFTextBlock, HFTextInput, HFTextPair, _text_key, find_hf_transform
+from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform
 from ..hf_objects import get_hf_objects
 from . import HFTask, register_task, set_model_labels, task_for
 
@@ -212,7 +212,7 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
     single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2)
     items = [texts] if single else list(texts)
     tfm, dl = find_hf_transform(self.dls), self.dls.valid
-    inputs = tfm.tokenize([_text_key(t, lambda: f"text {i}") for i, t in enumerate(items)])
+    inputs = tfm.tokenize([tfm.key(t, lambda: f"text {i}") for i, t in enumerate(items)])
     order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
     bs, probs = bs or dl.bs or 16, [None] * len(items)
     activation = getattr(self.loss_func, "activation", lambda o: torch.softmax(o, dim=-1))
