@@ -1,26 +1,33 @@
 """Everything public: `from blurlite.all import *` (after `from fastai.text.all import *`)."""
 from .checks import is_missing
-from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPair, HFTokenize, find_hf_transform,
-                   model_max_length)
+from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPair, HFTokenize, TensorTokenLabels,
+                   find_hf_transform, model_max_length, split_rows)
+from .losses import TokenCrossEntropyLossFlat
 from .hf_objects import HFObjects, get_hf_objects
 from .learner import HFModelCallback, HFModelWrapper, hf_learner, hf_splitter
 from .tasks import HFTask, get_task, register_task, task_for
 from .tasks.sequence_classification import HFTextDataLoaders, OneHotColumns, is_multi_label
 
 __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPair", "HFTokenize",
-           "find_hf_transform", "model_max_length", "HFObjects", "get_hf_objects", "HFModelCallback",
+           "find_hf_transform", "model_max_length", "split_rows", "TensorTokenLabels", "TokenCrossEntropyLossFlat", "HFObjects", "get_hf_objects", "HFModelCallback",
            "HFModelWrapper", "hf_learner", "hf_splitter", "HFTask", "get_task", "register_task", "task_for",
            "HFTextDataLoaders", "OneHotColumns", "is_multi_label", "is_missing"]
 from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassInput, HFTokenizeWords,
-                                         HFWords, SeqevalMetric, TensorTokenLabels, TokenCategorize,
-                                         TokenCategoryBlock, TokenCrossEntropyLossFlat, align_word_labels,
+                                         HFWords, SeqevalMetric, TokenCategorize, TokenCategoryBlock, align_word_labels,
                                          entity_f1, entity_precision, entity_recall, read_conll, token_accuracy,
                                          word_labels_from_tokens)
 
 __all__ += ["AlignWordLabels", "HFTokenClassBlock", "HFTokenClassInput", "HFTokenizeWords", "HFWords",
-            "SeqevalMetric", "TensorTokenLabels", "TokenCategorize", "TokenCategoryBlock",
-            "TokenCrossEntropyLossFlat", "align_word_labels", "entity_f1", "entity_precision", "entity_recall",
+            "SeqevalMetric", "TokenCategorize", "TokenCategoryBlock", "align_word_labels", "entity_f1", "entity_precision", "entity_recall",
             "read_conll", "token_accuracy", "word_labels_from_tokens"]
+from .tasks.masked_lm import (HFMaskedTokens, HFMLMBlock, HFMLMDataLoaders, HFMLMInput, HFTokenizeMLM, MaskedLMLogitsCallback,
+                              MaskedLMLossFlat,
+                              MaskedLMMetric, MaskTokens, MaskTokensFixed, group_texts, mask_tokens, masked_accuracy,
+                              mlm_perplexity)
+
+__all__ += ["HFMaskedTokens", "HFMLMBlock", "HFMLMDataLoaders", "HFMLMInput", "HFTokenizeMLM", "MaskedLMLogitsCallback", "MaskedLMLossFlat",
+            "MaskedLMMetric", "MaskTokens", "MaskTokensFixed", "group_texts", "mask_tokens", "masked_accuracy",
+            "mlm_perplexity"]
 
 # the model classes get_hf_objects takes, so that `from blurlite.all import *` is enough in a notebook
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification  # noqa: E402

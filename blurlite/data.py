@@ -6,23 +6,24 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from fastai.data.block import TransformBlock
 from fastai.data.load import fa_collate
 from fastai.text.core import TitledStr
 from fastai.text.data import SortedDL
-from fastai.torch_core import batch_to_samples, explode_types
+from fastai.torch_core import TensorBase, batch_to_samples, explode_types
 from fastcore.basics import compose, getcallable
 from fastcore.foundation import L
 from fasttransform import ItemTransform
 from torch.nn.utils.rnn import pad_sequence
 
-from .checks import check_batch_size, describe_item, is_missing
+from .checks import check_batch_size, check_columns, describe_item, is_missing, plain
 from .fastai_compat import support_mapping_batches
 
-__all__ = ["IGNORE_INDEX", "NON_MODEL_KEYS", "HFTextInput", "HFTextPair", "HFTokenize", "HFSortedDL", "HFTextBlock",
-           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch"]
+__all__ = ["IGNORE_INDEX", "NON_MODEL_KEYS", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
+           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
 # batch keys blurlite keeps for itself (alignment, decoding); they are not passed to the model
@@ -32,6 +33,11 @@ _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_leng
 
 class HFTextInput(dict):
     "Tokenizer outputs as tensors (`input_ids`, `attention_mask`, ...): 1-D for one text, 2-D for a padded batch."
+
+
+class TensorTokenLabels(TensorBase):
+    "Per-token targets (label ids, masked-token ids); batches pad them with `IGNORE_INDEX`, like the inputs."
+    pad_value = IGNORE_INDEX
 
 
 class HFTextPair(NamedTuple):
@@ -150,6 +156,25 @@ class HFTokenize(ItemTransform):
         return TitledStr(texts[0]) if len(texts) == 1 else HFTextPair(TitledStr(texts[0]), TitledStr(" ".join(texts[1:])))
 
 
+def split_rows(df: pd.DataFrame, valid_col, valid_pct: float, seed) -> tuple[list[int], list[int]]:
+    "Positions of the training and validation rows of `df`: from a True/False `valid_col`, or a random `valid_pct`."
+    if valid_col is not None:
+        check_columns(df, [valid_col], "valid")
+        flags = df[valid_col]
+        bad = [i for i, v in zip(df.index, flags) if v not in (0, 1)]
+        if bad:
+            raise ValueError(f"column {valid_col!r} must be True/False; row {bad[0]!r} holds {plain(flags[bad[0]])!r}")
+        is_valid = flags.to_numpy(dtype=bool)
+    else:
+        rng = np.random.default_rng(seed)
+        is_valid = np.zeros(len(df), dtype=bool)
+        is_valid[rng.permutation(len(df))[: int(round(valid_pct * len(df)))]] = True
+    train, valid = np.flatnonzero(~is_valid).tolist(), np.flatnonzero(is_valid).tolist()
+    if not train:
+        raise ValueError("the training set is empty: lower valid_pct or mark fewer rows in the valid column")
+    return train, valid
+
+
 def find_hf_transform(dls):
     "The tokenizing transform of a blurlite `DataLoaders`/`DataLoader`."
     dataset = getattr(dls, "train_ds", None) or getattr(dls, "dataset", None)
@@ -245,7 +270,11 @@ class HFSortedDL(SortedDL):
 
     def _one_pass(self):
         # as fastai's, without the device move: `to_device` turns dict subclasses into plain dicts, and the
-        # types recorded here are the ones `decode` restores for `show_batch` dispatch
+        # types recorded here are the ones `decode` restores for `show_batch` dispatch; batch transforms that
+        # apply to one split only (e.g. masking) see this loader's split, as in `before_iter`
+        split_idx = getattr(self.dataset, "split_idx", None)
+        for name in ("before_batch", "after_batch"):
+            getattr(self, name).split_idx = split_idx
         its = self.after_batch(self.do_batch([self.do_item(None)]))
         self._n_inp = 1 if not isinstance(its, (list, tuple)) or len(its) == 1 else len(its) - 1
         self._types = explode_types(its)

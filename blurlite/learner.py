@@ -106,7 +106,7 @@ def hf_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
 
 def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=None, cbs=None,
                splitter=hf_splitter, use_hf_loss: bool = False, **learner_kwargs) -> Learner:
-    """A fastai `Learner` for `hf_model` on blurlite `dls`, with the task's loss and metrics by default.
+    """A fastai `Learner` for `hf_model` on blurlite `dls`, with the task's loss, metrics and callbacks by default.
 
     Example: `learn = hf_learner(dls, hf_model); learn.fit_one_cycle(1, 1e-4)`. `hf_model` defaults to the model
     `HFTextDataLoaders.from_df` loaded, when it was given a checkpoint.
@@ -119,6 +119,6 @@ def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=N
     task.prepare_model(dls, hf_model)
     loss_func = task.default_loss(dls) if loss_func is None else loss_func
     metrics = task.default_metrics(dls) if metrics is None else metrics
-    cbs = [HFModelCallback(use_hf_loss=use_hf_loss)] + list(L(cbs))
+    cbs = [HFModelCallback(use_hf_loss=use_hf_loss)] + task.default_cbs(dls) + list(L(cbs))
     return Learner(dls, HFModelWrapper(hf_model), loss_func=loss_func, metrics=metrics, cbs=cbs,
                    splitter=splitter, **learner_kwargs)

@@ -8,11 +8,16 @@ from typing import Callable
 __all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks", "set_model_labels"]
 
 _TASKS: dict[str, "HFTask"] = {}
-_BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification")
+_BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification",
+                         "blurlite.tasks.masked_lm")
 
 
 def _no_change(dls, hf_model) -> None:
     return None
+
+
+def _no_callbacks(dls) -> list:
+    return []
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class HFTask:
     default_loss: Callable  # dls -> loss function
     default_metrics: Callable  # dls -> list of metrics
     prepare_model: Callable = field(default=_no_change)  # (dls, hf_model) -> None: align the config with the data
+    default_cbs: Callable = field(default=_no_callbacks)  # dls -> callbacks `hf_learner` adds
 
 
 def set_model_labels(hf_model, names: list[str]) -> None:

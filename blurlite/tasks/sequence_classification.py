@@ -15,8 +15,8 @@ from fastcore.basics import patch
 from plum import dispatch
 from transformers import AutoModelForSequenceClassification
 
-from ..checks import plain, check_binary_columns, check_columns, check_frame, check_labels, check_texts
-from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform
+from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
+from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform, split_rows
 from ..hf_objects import get_hf_objects
 from . import HFTask, register_task, set_model_labels, task_for
 
@@ -61,25 +61,6 @@ class OneHotColumns:
 
     def __call__(self, row) -> np.ndarray:
         return row[self.columns].to_numpy(dtype=np.float32)
-
-
-def _split(df: pd.DataFrame, valid_col, valid_pct: float, seed) -> tuple[list[int], list[int]]:
-    "Positions of training and validation rows."
-    if valid_col is not None:
-        check_columns(df, [valid_col], "valid")
-        flags = df[valid_col]
-        bad = [i for i, v in zip(df.index, flags) if v not in (0, 1)]
-        if bad:
-            raise ValueError(f"column {valid_col!r} must be True/False; row {bad[0]!r} holds {plain(flags[bad[0]])!r}")
-        is_valid = flags.to_numpy(dtype=bool)
-    else:
-        rng = np.random.default_rng(seed)
-        is_valid = np.zeros(len(df), dtype=bool)
-        is_valid[rng.permutation(len(df))[: int(round(valid_pct * len(df)))]] = True
-    train, valid = np.flatnonzero(~is_valid).tolist(), np.flatnonzero(is_valid).tolist()
-    if not train:
-        raise ValueError("the training set is empty: lower valid_pct or mark fewer rows in the valid column")
-    return train, valid
 
 
 def _label_sets(df: pd.DataFrame, label_col, label_delim) -> list[list]:
@@ -139,7 +120,7 @@ class HFTextDataLoaders(DataLoaders):
         if isinstance(label_col, (list, tuple)) and len(label_col) == 1:
             label_col = label_col[0]
         y_block, get_y = _targets(df, list(label_col) if isinstance(label_col, tuple) else label_col, label_delim)
-        train, valid = _split(df, valid_col, valid_pct, seed)
+        train, valid = split_rows(df, valid_col, valid_pct, seed)
         label_sets = _label_sets(df, label_col, label_delim)
         _check_valid_labels(df, train, valid, label_sets, label_col)
         hf_objects = hf_objects_or_checkpoint

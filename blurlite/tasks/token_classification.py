@@ -11,9 +11,8 @@ import torch
 from fastai.data.block import TransformBlock
 from fastai.data.transforms import CategoryMap
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Metric
-from fastai.torch_core import TensorBase, display_df
+from fastai.torch_core import display_df
 from fastcore.basics import patch
 from fastcore.foundation import L
 from fasttransform import DisplayedTransform, ItemTransform
@@ -21,11 +20,12 @@ from plum import dispatch
 from transformers import AutoModelForTokenClassification, TokenClassificationPipeline
 
 from ..checks import is_missing
-from ..data import IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, find_hf_transform
+from ..data import IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, TensorTokenLabels, find_hf_transform
+from ..losses import TokenCrossEntropyLossFlat
 from . import HFTask, register_task, set_model_labels, task_for
 
-__all__ = ["HFTokenClassInput", "HFWords", "TensorTokenLabels", "HFTokenizeWords", "HFTokenClassBlock",
-           "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels", "TokenCrossEntropyLossFlat",
+__all__ = ["HFTokenClassInput", "HFWords", "HFTokenizeWords", "HFTokenClassBlock",
+           "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels",
            "align_word_labels", "word_labels_from_tokens", "read_conll", "entity_f1", "entity_precision",
            "entity_recall", "token_accuracy", "SeqevalMetric"]
 
@@ -38,11 +38,6 @@ class HFTokenClassInput(HFTextInput):
 
 class HFWords(list):
     "A decoded list of words."
-
-
-class TensorTokenLabels(TensorBase):
-    "Label ids of words or sub-tokens; batches pad with `IGNORE_INDEX`."
-    pad_value = IGNORE_INDEX
 
 
 def align_word_labels(word_ids: list[int | None], word_labels: list[int], first_only: bool = True) -> list[int]:
@@ -185,20 +180,6 @@ class HFTokenClassBlock(HFTextBlock):
                          truncation=truncation, tok_kwargs=tok_kwargs)
         self.dls_kwargs["pad_values"]["word_ids"] = -1
         self.item_tfms = [AlignWordLabels(first_only=labeling == "first")]
-
-
-class TokenCrossEntropyLossFlat(CrossEntropyLossFlat):
-    "Cross-entropy over labelled sub-tokens only: 0, not NaN, for a batch with no labelled token."
-
-    def __call__(self, inp, targ, **kwargs):
-        if self.reduction != "mean":
-            return super().__call__(inp, targ, **kwargs)
-        self.reduction = "sum"
-        try:
-            total = super().__call__(inp, targ, **kwargs)
-        finally:
-            self.reduction = "mean"
-        return total / (targ != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def read_conll(path, word_col: int = 0, tag_col: int = -1) -> pd.DataFrame:
