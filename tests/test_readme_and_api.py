@@ -20,12 +20,15 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    shutil.copy(ROOT.parent / "shared" / "data" / "wnut17_train.conll", tmp_path)  # what the NER example reads
+    for name in ("wnut17_train.conll", "tinyshakespeare.txt"):  # what the NER and MLM examples read
+        shutil.copy(ROOT.parent / "shared" / "data" / name, tmp_path)
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
         exec(compile(block, "README.md", "exec"), namespace)
+        if "predict_entities" in block:
+            assert len(namespace["learn"].predict(["Flying", "to", "New", "York"])[0]) == 4
     assert (tmp_path / "classifier.pkl").exists()
-    assert len(namespace["learn"].predict(["Flying", "to", "New", "York"])[0]) == 4  # the NER example ran last
+    assert [r["token_str"] for r in namespace["learn"].fill_mask("the [MASK] of it", top_k=3)]  # MLM example ran
 
 
 def test_blurlite_all_shadows_no_fastai_name():
