@@ -18,6 +18,8 @@ setup(
     license=cfg["license"],
     python_requires=f">={cfg['min_python']}",
     packages=find_packages(include=["blurlite", "blurlite.*"]),
+    package_data={"blurlite": ["demo_data/*.csv"]},
+    entry_points={"console_scripts": cfg["console_scripts"].split()},
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split(), "demo": cfg["demo_requirements"].split()},
 )

@@ -5,19 +5,22 @@ from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPai
 from .losses import TokenCrossEntropyLossFlat
 from .hf_objects import HFObjects, get_hf_objects
 from .learner import HFModelCallback, HFModelWrapper, hf_learner, hf_splitter
+from .serialization import load_pretrained_learner
 from .tasks import HFTask, get_task, register_task, task_for
+from .versions import IncompatibleArtifactError, stack_versions
 from .tasks.sequence_classification import HFTextDataLoaders, OneHotColumns, is_multi_label
 
 __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPair", "HFTokenize",
            "find_hf_transform", "model_max_length", "split_rows", "TensorTokenLabels", "TokenCrossEntropyLossFlat", "HFObjects", "get_hf_objects", "HFModelCallback",
            "HFModelWrapper", "hf_learner", "hf_splitter", "HFTask", "get_task", "register_task", "task_for",
-           "HFTextDataLoaders", "OneHotColumns", "is_multi_label", "is_missing"]
-from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassInput, HFTokenizeWords,
+           "HFTextDataLoaders", "OneHotColumns", "is_multi_label", "is_missing", "load_pretrained_learner",
+           "IncompatibleArtifactError", "stack_versions"]
+from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassDataLoaders, HFTokenClassInput, HFTokenizeWords,
                                          HFWords, SeqevalMetric, TokenCategorize, TokenCategoryBlock, align_word_labels,
                                          entity_f1, entity_precision, entity_recall, read_conll, token_accuracy,
                                          word_labels_from_tokens)
 
-__all__ += ["AlignWordLabels", "HFTokenClassBlock", "HFTokenClassInput", "HFTokenizeWords", "HFWords",
+__all__ += ["AlignWordLabels", "HFTokenClassBlock", "HFTokenClassDataLoaders", "HFTokenClassInput", "HFTokenizeWords", "HFWords",
             "SeqevalMetric", "TokenCategorize", "TokenCategoryBlock", "align_word_labels", "entity_f1", "entity_precision", "entity_recall",
             "read_conll", "token_accuracy", "word_labels_from_tokens"]
 from .tasks.masked_lm import (HFMaskedTokens, HFMLMBlock, HFMLMDataLoaders, HFMLMInput, HFTokenizeMLM, MaskedLMLogitsCallback,

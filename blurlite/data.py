@@ -100,7 +100,7 @@ class HFTokenize(ItemTransform):
         self.hf_tokenizer, self.max_length, self.truncation = hf_tokenizer, max_length, truncation
         self.tok_kwargs = dict(tok_kwargs or {})
         self.input_types = (str, list, tuple, L)  # lets `test_dl`/`predict` start the pipeline here
-        self._cache = {}
+        self._cache, self.pairs = {}, False
 
     def __getstate__(self):
         # an exported learner must not carry its training texts
@@ -113,6 +113,7 @@ class HFTokenize(ItemTransform):
         where = lambda i: lambda: describe_item(items, i) + (f", column {column}" if column else "")  # noqa: E731
         keys = [self.key(items[i], where(i), labelled=True) for i in range(len(items))]
         unique = list(dict.fromkeys(keys))
+        self.pairs = any(isinstance(k, tuple) for k in unique)  # text pairs (for `save_pretrained`'s settings)
         self._cache = dict(zip(unique, self.tokenize(unique)))
 
     def key(self, x, where=lambda: "input", labelled=False):

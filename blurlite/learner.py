@@ -11,6 +11,7 @@ from torch import nn
 from .data import NON_MODEL_KEYS
 from .fastai_compat import support_mapping_batches
 from .tasks import load_builtin_tasks, task_for
+from .versions import check_versions, stack_versions
 
 __all__ = ["HFModelWrapper", "HFModelCallback", "hf_splitter", "hf_learner"]
 
@@ -48,8 +49,13 @@ class HFModelCallback(Callback):
         self.use_hf_loss, self.model_outputs = use_hf_loss, None
 
     def __getstate__(self):
-        # the last batch's outputs are not part of a saved learner
-        return {**self.__dict__, "model_outputs": None}
+        # the last batch's outputs are not part of a saved learner; the versions it was written with are
+        return {**self.__dict__, "model_outputs": None, "versions": stack_versions()}
+
+    def __setstate__(self, state):
+        # `load_learner` of an export from incompatible versions: a clear error, not a subtly wrong model
+        check_versions(state.get("versions", {}), "this exported learner", pickled=True)
+        self.__dict__.update(state)
 
     def before_batch(self):
         if self.use_hf_loss and len(self.yb):
@@ -122,3 +128,6 @@ def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=N
     cbs = [HFModelCallback(use_hf_loss=use_hf_loss)] + task.default_cbs(dls) + list(L(cbs))
     return Learner(dls, HFModelWrapper(hf_model), loss_func=loss_func, metrics=metrics, cbs=cbs,
                    splitter=splitter, **learner_kwargs)
+
+
+from . import serialization  # noqa: E402,F401  (patches Learner.save_pretrained; needs hf_learner, defined above)

@@ -115,9 +115,10 @@ class CPUMixedPrecision(Callback):
         self.learn.pred = to_float(self.pred)
 
     def after_loss(self):
-        if self.loss_grad.dtype != torch.float32:  # a model's own loss, computed under autocast
-            self.learn.loss_grad = self.loss_grad.float()
-            self.learn.loss = self.loss.float()
+        loss = getattr(self.learn, "loss_grad", None)  # unset on batches without targets (predict)
+        if isinstance(loss, torch.Tensor) and loss.is_floating_point() and loss.dtype != torch.float32:
+            self.learn.loss_grad = loss.float()  # a model's own loss, computed under autocast
+            self.learn.loss = self.learn.loss_grad.detach().clone()
 
     # the forward pass may not reach after_pred (a cancelled batch, an error): never leave autocast on
     def after_cancel_batch(self): self._stop_autocast()

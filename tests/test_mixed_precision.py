@@ -110,6 +110,24 @@ def test_cuda_learners_get_fastais_mixed_precision(tiny_objects, monkeypatch):
     assert len(added) == 1 and isinstance(added[0], MixedPrecision) and added[0].amp_mode.value == "bf16"
 
 
+def test_cpu_callback_refuses_a_cuda_learner(tiny_objects, monkeypatch):
+    learn = bf16_learner(tiny_objects)
+    monkeypatch.setattr(mp, "_learner_device", lambda learn: torch.device("cuda"))
+    with pytest.raises(RuntimeError, match="runs on cuda: call hf_to_bf16"):
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+
+
+def test_bf16_learner_exports_with_its_callback(tiny_objects, tmp_path):
+    learn = bf16_learner(tiny_objects)
+    learn.export(tmp_path / "bf16.pkl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_learner(tmp_path / "bf16.pkl")
+    assert sum(isinstance(cb, CPUMixedPrecision) for cb in loaded.cbs) == 1
+    assert loaded.predict("a good film")[0] == learn.predict("a good film")[0]
+
+
 def test_warns_when_the_cpu_would_emulate_bf16(tiny_objects, monkeypatch):
     monkeypatch.setattr(mp, "cpu_bf16_support", lambda: (False, "no avx512_bf16 flag"))
     with pytest.warns(BF16EmulationWarning, match="emulated.*no avx512_bf16 flag"):

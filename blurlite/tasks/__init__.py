@@ -20,6 +20,10 @@ def _no_callbacks(dls) -> list:
     return []
 
 
+def _no_settings(dls) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class HFTask:
     "What the core needs to know about a task: its input type, model class, loss, metrics and model set-up."
@@ -30,6 +34,12 @@ class HFTask:
     default_metrics: Callable  # dls -> list of metrics
     prepare_model: Callable = field(default=_no_change)  # (dls, hf_model) -> None: align the config with the data
     default_cbs: Callable = field(default=_no_callbacks)  # dls -> callbacks `hf_learner` adds
+    aliases: tuple = ()  # other names `get_task` (and the command line's --task) accept
+    # saving and the command line
+    settings: Callable = field(default=_no_settings)  # dls -> JSON-able dict that `inference_dls` rebuilds from
+    inference_dls: Callable | None = None  # (hf_objects, block_kwargs, settings, bs) -> DataLoaders, no data needed
+    from_df: Callable | None = None  # (df, model, text_col, label_col, valid_col, valid_pct, bs, max_length, seed)
+    predict_json: Callable | None = None  # (learn, texts) -> one JSON-able result per text, as the HF pipeline's
 
 
 def set_model_labels(hf_model, names: list[str]) -> None:
@@ -57,11 +67,13 @@ def load_builtin_tasks() -> None:
 
 
 def get_task(name: str) -> HFTask:
-    "The registered task called `name`."
+    "The registered task called `name` (or one of its aliases)."
     load_builtin_tasks()
-    if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
-    return _TASKS[name]
+    found = _TASKS.get(name) or next((t for t in _TASKS.values() if name in t.aliases), None)
+    if found is None:
+        names = sorted(set(_TASKS) | {a for t in _TASKS.values() for a in t.aliases})
+        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(names)}")
+    return found
 
 
 def task_for(dls) -> HFTask:

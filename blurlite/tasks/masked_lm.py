@@ -418,6 +418,31 @@ def fill_mask(self: Learner, text: str | list[str], top_k: int = 5):
     return pipe(text if isinstance(text, str) else list(text), top_k=top_k)
 
 
+# saving and the command line
+def _settings(dls) -> dict:
+    masking = next(t for t in dls.train.after_batch.fs if isinstance(t, MaskTokens))
+    return {"mlm_probability": masking.mlm_probability, "whole_word": masking.whole_word}
+
+
+def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> DataLoaders:
+    "Data-free masked-LM `DataLoaders` with the saved learner's masking settings."
+    block = HFMLMBlock(*hf_objects, mlm_probability=settings["mlm_probability"], whole_word=settings["whole_word"],
+                       **block_kwargs)
+    dblock = DataBlock(blocks=block, get_x=ColReader("text"), splitter=IndexSplitter([]))
+    return dblock.dataloaders(pd.DataFrame({"text": ["x"] * bs}), bs=bs).new_empty()
+
+
+def _from_df(df, model, text_col="text", label_col=None, valid_col=None, valid_pct=0.1, bs=16, max_length=None,
+             seed=None, group=False):
+    return HFMLMDataLoaders.from_df(df, model, text_col=text_col or "text", valid_col=valid_col, valid_pct=valid_pct,
+                                    bs=bs, max_length=max_length, seed=seed, group=group)
+
+
+def _predict_json(learn, texts: list) -> list:
+    return [learn.fill_mask(t) for t in texts]
+
+
 register_task(HFTask(name=TASK_NAME, input_type=HFMLMInput, auto_model=AutoModelForMaskedLM,
                      default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model,
-                     default_cbs=_default_cbs))
+                     default_cbs=_default_cbs, aliases=("masked-lm", "mlm"), settings=_settings,
+                     inference_dls=_inference_dls, from_df=_from_df, predict_json=_predict_json))

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import Categorize, CategoryMap, ColReader, EncodedMultiCategorize, IndexSplitter, MultiCategorize
+from fastai.data.transforms import CategoryMap, ColReader, EncodedMultiCategorize, IndexSplitter, MultiCategorize
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
@@ -217,5 +217,38 @@ def _ranked(probs: torch.Tensor, names: list[str], top_k: int | None) -> list[di
     return [{"label": names[i], "score": s} for s, i in zip(scores[:k].tolist(), idxs[:k].tolist())]
 
 
+# saving and the command line
+_DELIM = "\x1f"  # joins labels of a placeholder row; no label holds it
+
+
+def _settings(dls) -> dict:
+    return {"labels": _label_names(dls), "multi_label": is_multi_label(dls), "text_pair": find_hf_transform(dls).pairs}
+
+
+def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> DataLoaders:
+    "Data-free `DataLoaders` that turn texts into batches and predictions into labels, as the saved learner's did."
+    labels = settings["labels"]
+    rows = [labels[i % len(labels)] for i in range(max(bs, len(labels)))]
+    df = pd.DataFrame({"text": ["x"] * len(rows), "text_pair": ["x"] * len(rows), "label": rows})
+    y_block = (MultiCategoryBlock(vocab=labels) if settings["multi_label"] else CategoryBlock(vocab=labels, sort=False))
+    dblock = DataBlock(blocks=(HFTextBlock(*hf_objects, **block_kwargs), y_block),
+                       get_x=ColReader(["text", "text_pair"] if settings["text_pair"] else "text"),
+                       get_y=ColReader("label", label_delim=_DELIM if settings["multi_label"] else None),
+                       splitter=IndexSplitter([]))
+    return dblock.dataloaders(df, bs=bs).new_empty()
+
+
+def _from_df(df, model, text_col="text", label_col="label", valid_col=None, valid_pct=0.2, bs=16, max_length=None,
+             seed=None):
+    return HFTextDataLoaders.from_df(df, model, text_col=text_col, label_col=label_col or "label",
+                                     valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed)
+
+
+def _predict_json(learn, texts: list) -> list:
+    return learn.hf_predict(texts)
+
+
 register_task(HFTask(name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
-                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model))
+                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model,
+                     aliases=("classification", "sequence-classification"), settings=_settings,
+                     inference_dls=_inference_dls, from_df=_from_df, predict_json=_predict_json))

