@@ -18,6 +18,16 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+def test_readme_first_command_installs_and_runs_the_demo():
+    bash_blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    assert bash_blocks[0].strip() == 'pip install -e ".[demo]" && blurlite demo'
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "settings.ini")
+    assert cfg["DEFAULT"]["console_scripts"] == "blurlite=blurlite.cli:main"
+
+
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("wnut17_train.conll", "tinyshakespeare.txt"):  # what the NER and MLM examples read
@@ -25,10 +35,11 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
         exec(compile(block, "README.md", "exec"), namespace)
-        if "predict_entities" in block:
+        if "read_conll" in block:  # the NER example
             assert len(namespace["learn"].predict(["Flying", "to", "New", "York"])[0]) == 4
     assert (tmp_path / "classifier.pkl").exists()
     assert [r["token_str"] for r in namespace["learn"].fill_mask("the [MASK] of it", top_k=3)]  # MLM example ran
+    assert (tmp_path / "mlm-model" / "model.safetensors").exists()
 
 
 def test_blurlite_all_shadows_no_fastai_name():
