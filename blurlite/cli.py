@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole job on the embedded topic set: train, evaluate, save, reload, predict")
     d.add_argument("--out", default="blurlite-demo", help="output directory (default blurlite-demo)")
     d.add_argument("--model", help="checkpoint directory or name (default: the demo extra's all-MiniLM-L6-v2)")
-    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--lr", type=float, default=2e-4)
     d.add_argument("--bs", type=int, default=16)
     d.set_defaults(func=run_demo)

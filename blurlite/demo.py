@@ -50,7 +50,7 @@ def _save_plots(learn, out: Path) -> list[Path]:
     return paths
 
 
-def demo(out="blurlite-demo", model=None, epochs: int = 3, lr: float = 2e-4, bs: int = 16) -> dict:
+def demo(out="blurlite-demo", model=None, epochs: int = 2, lr: float = 2e-4, bs: int = 16) -> dict:
     "Run the whole job on the embedded data with `model` (a checkpoint directory or name); return the report."
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
     from fastai.torch_core import set_seed
