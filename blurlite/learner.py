@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner
+from fastai.torch_core import num_distrib
 from fastcore.basics import patch
 from fastcore.foundation import L
 from torch import nn
@@ -31,6 +32,14 @@ class HFModelWrapper(nn.Module):
         return self.hf_model(**{k: v for k, v in x.items() if k not in NON_MODEL_KEYS})
 
 
+def _support_distributed_if_launched() -> None:
+    "In a process launched as one of several (torchrun), install blurlite's fixes to fastai's distributed path."
+    if num_distrib() > 1:
+        from .distributed import support_distributed
+
+        support_distributed()
+
+
 def _plain(t):
     "A plain `torch.Tensor` view of fastai's tensor subclasses, for code outside fastai."
     return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
@@ -46,6 +55,7 @@ class HFModelCallback(Callback):
 
     def __init__(self, use_hf_loss: bool = False):
         support_mapping_batches()
+        _support_distributed_if_launched()
         self.use_hf_loss, self.model_outputs = use_hf_loss, None
 
     def __getstate__(self):
@@ -55,6 +65,7 @@ class HFModelCallback(Callback):
     def __setstate__(self, state):
         # `load_learner` of an export from incompatible versions: a clear error, not a subtly wrong model
         check_versions(state.get("versions", {}), "this exported learner", pickled=True)
+        _support_distributed_if_launched()
         self.__dict__.update(state)
 
     def before_batch(self):
