@@ -152,7 +152,8 @@ def flop_formula_check(hf_model, length: int = 128) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     dims = model_dims(hf_model)
-    batch = {"input_ids": torch.randint(1000, 2000, (2, length)), "attention_mask": torch.ones(2, length, dtype=torch.long)}
+    batch = {"input_ids": torch.randint(1000, 2000, (2, length)),
+             "attention_mask": torch.ones(2, length, dtype=torch.long)}
     hf_model.train()
     with FlopCounterMode(display=False) as counter:
         hf_model(**batch).logits.sum().backward()

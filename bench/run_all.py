@@ -112,7 +112,9 @@ def render(args, sections: dict, minutes: float, notes: str) -> str:
         "# blurlite speed: sequence classification (issue 5)",
         f"Written by `python bench/{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}` on "
         f"{sections['machine']['date']} in {minutes:.1f} min. Settings: {settings}, 1 epoch, "
-        "all-MiniLM-L6-v2 with a new 2-class head (same seed for every run), IMDB sample reviews.",
+        "all-MiniLM-L6-v2 with a new 2-class head (same seed for every run), IMDB sample reviews. "
+        "Check the load average and the 'CPU busy' column before comparing runs; "
+        "the Notes at the end read the figures.",
         "## Machine\n\n" + common.markdown_table([{"what": k, "value": v} for k, v in sections["machine"].items()]),
         f"Load average while the benches ran: {sections['load']}.",
         "## GEMM rate (torch.matmul 1024 x 1024, this process, same threads)\n\n"
@@ -139,7 +141,8 @@ def main(argv=None):
     parser = profile_step.add_profile_args(common.bench_parser(__doc__.splitlines()[0]))
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; a temporary file with --quick)")
-    parser.add_argument("--no-extras", action="store_true", help="skip the fused-AdamW and Trainer bf16 runs")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the fused-AdamW, attention-dropout-0 and Trainer bf16 runs")
     parser.add_argument("--repeats", type=int, default=2, help="timed inference calls per variant (median)")
     args = common.parse_bench_args(parser, argv)
     out = args.out or (Path(tempfile.gettempdir()) / "blurlite-RESULTS-quick.md" if args.quick

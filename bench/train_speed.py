@@ -5,7 +5,8 @@ max_length, bs, one epoch, peak lr, AdamW-style decoupled weight decay 0.01 (non
 betas (0.9, 0.99), eps 1e-5, no gradient clipping, warm-up over 25% of the steps then cosine decay
 (fastai's one-cycle warms up along a cosine from lr/25 and also cycles beta1 0.95-0.85-0.95; the Trainer warms up
 linearly from 0). Useful tokens are the attention-mask sum over the training batches; the epoch time covers the
-training batches only (no validation).
+training batches only (no validation). Extras (`--no-extras` skips them): blurlite with torch's fused AdamW, with
+attention dropout 0, and the Trainer in bf16.
 
     python bench/train_speed.py --quick
 """
@@ -165,7 +166,7 @@ def train_hf_trainer(df, args, sampling: str = "random", bf16: bool = False) -> 
         collator.counting = False
         logits = trainer.predict(valid_items).predictions
     accuracy = float((np.argmax(logits, -1) == np.array([x["labels"] for x in valid_items])).mean())
-    name = "HF Trainer" + (" group_by_length" if sampling == "group_by_length" else " default") + (" bf16" if bf16 else "")
+    name = f"HF Trainer {'group_by_length' if sampling == 'group_by_length' else 'default'}{' bf16' if bf16 else ''}"
     return dict(run=name, lengths=collator.lengths, padded=collator.padded, epoch_s=epoch["seconds"],
                 cpu_s=epoch["cpu_seconds"], fit_s=fit_seconds, accuracy=accuracy)
 
@@ -265,7 +266,8 @@ def report(result: dict) -> str:
 
 def main(argv=None):
     parser = common.bench_parser(__doc__.splitlines()[0])
-    parser.add_argument("--no-extras", action="store_true", help="skip the fused-AdamW and Trainer bf16 runs")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the fused-AdamW, attention-dropout-0 and Trainer bf16 runs")
     parser.add_argument("--only", help="comma-separated parts of run names to keep, e.g. 'blurlite'")
     args = common.parse_bench_args(parser, argv)
     result = run(args, extras=not args.no_extras, only=args.only)
