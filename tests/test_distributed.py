@@ -113,6 +113,10 @@ SCRIPT = textwrap.dedent("""
     except Exception as e:
         error = type(e).__name__
     (out / f"failed-save-{rank}.json").write_text(json.dumps(error))
+    # shut gloo down on both ranks together: a rank exiting while the other's gloo threads still run aborts
+    import torch.distributed as dist
+    dist.barrier()
+    dist.destroy_process_group()
 """)
 
 
