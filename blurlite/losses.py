@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastai.losses import CrossEntropyLossFlat
+from fastcore.foundation import L
 
 from .data import IGNORE_INDEX
 
@@ -20,3 +21,11 @@ class TokenCrossEntropyLossFlat(CrossEntropyLossFlat):
         finally:
             self.reduction = "mean"
         return total / (targ != IGNORE_INDEX).sum().clamp(min=1)
+
+    def activation(self, x):
+        "Softmax over the classes; row by row for `get_preds`' list of rows (batches padded to different lengths)."
+        return L(map(super().activation, x)) if isinstance(x, (list, L)) else super().activation(x)
+
+    def decodes(self, x):
+        "The predicted class at every position; row by row for a list of rows."
+        return L(map(super().decodes, x)) if isinstance(x, (list, L)) else super().decodes(x)

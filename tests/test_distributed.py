@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import VOCAB, tiny_bert_config
-from transformers import BertForSequenceClassification, BertTokenizer
+from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer
 
 from blurlite.distributed import needs_cpu_mode
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 TESTS_DIR = Path(__file__).parent
 N_RANKS = 2
-TASKS = ["sequence", "token"]
+TASKS = ["sequence", "token", "mlm"]
 
 SCRIPT = textwrap.dedent("""
     import hashlib, json, os, random, sys
@@ -31,31 +31,32 @@ SCRIPT = textwrap.dedent("""
 
     sys.path.insert(0, sys.argv[1])
     import pandas as pd
+    import torch
     import transformers
     from conftest import NEGATIVE, NEUTRAL, POSITIVE, make_reviews
     from fastai.callback.core import Callback
+    from fastai.callback.progress import CSVLogger
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
     from fastai.distributed import rank0_first
     from fastai.torch_core import set_seed
 
-    from blurlite.all import HFTextDataLoaders, HFTokenClassDataLoaders, hf_learner
+    from blurlite.all import HFMLMDataLoaders, HFTextDataLoaders, HFTokenClassDataLoaders, hf_learner
     from blurlite.tasks.token_classification import SeqevalMetric
 
-    checkpoint, out, rank = sys.argv[2], Path(sys.argv[3]), int(os.environ["RANK"])
+    checkpoint, mlm_checkpoint, out = sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    rank = int(os.environ["RANK"])
     saves = []  # HF save_pretrained calls made by this rank
     _save = transformers.PreTrainedModel.save_pretrained
     transformers.PreTrainedModel.save_pretrained = lambda self, *a, **k: (saves.append(1), _save(self, *a, **k))[1]
 
 
     class RecordItems(Callback):
-        "Token ids (padding dropped) of every training item of the first epoch."
+        "Token ids (padding dropped) of every training item of the first epoch, batch by batch."
         def before_fit(self): self.seen = []
         def before_batch(self):
             if self.training and self.epoch == 0:
                 x = self.xb[0]
-                self.seen += [ids[m.bool()].tolist() for ids, m in zip(x["input_ids"], x["attention_mask"])]
-
-
+                self.seen.append([ids[m.bool()].tolist() for ids, m in zip(x["input_ids"], x["attention_mask"])])
 
 
     def make_sentences(n, seed=0):
@@ -74,26 +75,50 @@ SCRIPT = textwrap.dedent("""
         return digest.hexdigest()
 
 
+    def rows(x):
+        "Rows of a get_preds result (a tensor or fastai's L of ragged rows), rounded, as lists."
+        if isinstance(x, dict):
+            return {k: rows(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)) and not hasattr(x, "map"):
+            return [rows(v) for v in x]
+        return [torch.round(torch.as_tensor(r).float(), decimals=4).tolist() for r in x]
+
+
     def run(name, learn):
         record = RecordItems()
+        learn.path = out / f"{name}-rank{rank}"
+        learn.path.mkdir()
         with learn.distrib_ctx():
-            learn.fit_one_cycle(2, 1e-3, cbs=record)
-            in_ctx = [float(v) for v in learn.recorder.values[-1][1:]]  # valid loss and metrics, last epoch
-            # per-token tensors of different lengths on each rank
+            learn.fit_one_cycle(2, 1e-3, cbs=[record, CSVLogger()])
+            in_fit = [float(v) for v in learn.recorder.values[-1][1:]]  # valid loss and metrics, last epoch
+            in_ctx = [float(v) for v in learn.validate()]
+            preds_ctx = rows(learn.get_preds()[0])  # reordered to the dataset's order
             inputs, preds, targs = learn.get_preds(with_input=True, reorder=False)
+            learn.export(out / f"{name}.pkl")  # inside the context
+            try:
+                learn.export(out / "no-such-dir" / "x.pkl")
+                export_error = None
+            except Exception as e:
+                export_error = type(e).__name__
+            try:
+                learn.lr_find()
+                lr_find_error = None
+            except RuntimeError as e:
+                lr_find_error = str(e)
         learn.save_pretrained(out / name)
-        single = [float(v) for v in learn.validate()]  # after the ctx: each rank on the whole validation set
+        single = [float(v) for v in learn.validate()]  # after the context: each rank on the whole validation set
         ds = learn.dls.train.dataset
         result = {"checksum": checksum(learn.model), "seen": record.seen, "saves": len(saves),
-                  "saved": (out / name / "blurlite.json").exists(),
+                  "saved": (out / name / "blurlite.json").exists(), "exported": (out / f"{name}.pkl").exists(),
+                  "export_error": export_error, "lr_find_error": lr_find_error,
                   "n_preds": len(preds), "n_inputs": len(inputs["input_ids"]),
-                  "pads": sorted({int(v) for ids, m in zip(inputs["input_ids"], inputs["attention_mask"])
-                                  for v in ids[m == 0]}),
-                  "mask_values": sorted({int(v) for m in inputs["attention_mask"] for v in m}),
-                  "metrics": in_ctx, "single": single,
-                  "targets": [[int(v) for v in t.flatten() if v != -100] for t in targs],
+                  "in_fit": in_fit, "in_ctx": in_ctx, "single": single,
+                  "preds_ctx": preds_ctx, "preds_single": rows(learn.get_preds()[0]),
+                  "preds_noreorder_ctx": rows(preds), "inputs_noreorder_ctx": rows(inputs["input_ids"]),
                   "train_items": [ds[i][0]["input_ids"].tolist() for i in range(len(ds))],
-                  "valid_targets": [[int(v) for v in y.flatten() if v != -100] for _, y in learn.dls.valid.dataset]}
+                  "history": sorted(p.name for p in learn.path.iterdir())}
+        inputs1, preds1, _ = learn.get_preds(with_input=True, reorder=False)
+        result.update(preds_noreorder_single=rows(preds1), inputs_noreorder_single=rows(inputs1["input_ids"]))
         saves.clear()
         (out / f"{name}-{rank}.json").write_text(json.dumps(result))
         return learn
@@ -101,11 +126,14 @@ SCRIPT = textwrap.dedent("""
 
     set_seed(0)
     # before the fixes are installed, as a user script would: accelerate's state is created without CPU mode
-    dls = rank0_first(HFTextDataLoaders.from_df, make_reviews(100), checkpoint, valid_col="is_valid", bs=8)
-    run("sequence", hf_learner(dls))
+    dls = rank0_first(HFTextDataLoaders.from_df, make_reviews(105), checkpoint, valid_col="is_valid", bs=8)
+    run("sequence", hf_learner(dls))  # 21 validation items: not a multiple of 2
     set_seed(0)
     dls = HFTokenClassDataLoaders.from_df(make_sentences(107), checkpoint, valid_col="is_valid", bs=8)
     learn = run("token", hf_learner(dls, metrics=[SeqevalMetric("accuracy"), SeqevalMetric("f1")]))
+    set_seed(0)
+    dls = HFMLMDataLoaders.from_df(make_reviews(105), mlm_checkpoint, valid_col="is_valid", bs=8)
+    run("mlm", hf_learner(dls))
     (out / "a-file").write_text("")
     try:  # rank 0 cannot write under a file: every rank must raise, none wait forever
         learn.save_pretrained(out / "a-file" / "model")
@@ -128,6 +156,11 @@ def _checksum(model) -> str:
     return digest.hexdigest()
 
 
+def _flat(x) -> list:
+    "Nested lists of numbers, flattened (rows differ in length: equal flat lists and row counts are equal rows)."
+    return [v for item in x for v in _flat(item)] if isinstance(x, list) else [x]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,16 +175,19 @@ def runs(tmp_path_factory):
     torch.manual_seed(0)
     BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(checkpoint)
     BertForSequenceClassification(tiny_bert_config()).save_pretrained(checkpoint)
+    mlm_checkpoint = tmp / "tiny-bert-mlm"
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(mlm_checkpoint)
+    BertForMaskedLM(tiny_bert_config()).save_pretrained(mlm_checkpoint)
     (tmp / "train.py").write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("ACCELERATE_USE_CPU", None)  # the CPU mode must come from blurlite
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={N_RANKS}",
                "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
-               str(tmp / "train.py"), str(TESTS_DIR), str(checkpoint), str(tmp)]
+               str(tmp / "train.py"), str(TESTS_DIR), str(checkpoint), str(mlm_checkpoint), str(tmp)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     results = {name: [json.loads((tmp / f"{name}-{r}.json").read_text()) for r in range(N_RANKS)]
-               for name in ("sequence", "token")}
+               for name in TASKS}
     return tmp, results
 
 
@@ -170,36 +206,71 @@ def test_ranks_end_with_identical_parameters(runs, task):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_each_rank_trains_on_a_disjoint_half(runs, task):
+def test_each_rank_trains_on_a_disjoint_half_in_whole_batches(runs, task):
+    "Each training item at most once per epoch over both ranks, as many steps on each, as many items as one process."
     _, results = runs
-    seen = [Counter(map(tuple, r["seen"])) for r in results[task]]
+    seen = [Counter(tuple(item) for batch in r["seen"] for item in batch) for r in results[task]]
     everything = Counter(map(tuple, results[task][0]["train_items"]))
-    assert sum(seen[0].values()) == sum(seen[1].values()) == sum(everything.values()) // N_RANKS
-    assert seen[0] + seen[1] == everything
+    assert len(results[task][0]["seen"]) == len(results[task][1]["seen"])  # as many steps: DDP syncs each
+    n_batches = sum(everything.values()) // 8  # bs 8; the last, partial batch is dropped, as in one process
+    assert sum(seen[0].values()) == sum(seen[1].values()) == n_batches * 8 // N_RANKS
+    if task != "mlm":  # masked-LM inputs are masked: not the items' ids
+        assert not seen[0] & seen[1] and (seen[0] + seen[1]) - everything == Counter()
 
 
-def test_token_predictions_are_gathered_from_all_ranks(runs):
-    "Padded to the same length across ranks before the gather: one prediction per validation item."
+def test_batches_stay_length_bucketed_on_every_rank(runs):
+    "fastai slices one index list, which mixes buckets on rank 1; whole batches keep padding low on both ranks."
     _, results = runs
-    for result in results["token"]:
-        assert result["n_preds"] == result["n_inputs"] == len(result["valid_targets"])
-        # inputs padded across ranks as the loader pads them
-        assert result["pads"] == [VOCAB.index("[PAD]")] and result["mask_values"] == [0, 1]
-        assert Counter(map(tuple, result["targets"])) == Counter(map(tuple, result["valid_targets"]))
+    for r in results["sequence"]:
+        lengths = [[len(item) for item in batch] for batch in r["seen"]]
+        padding = sum(max(b) * len(b) - sum(b) for b in lengths) / sum(max(b) * len(b) for b in lengths)
+        assert padding < 0.1
 
 
-def test_seqeval_metrics_are_exact_on_every_rank(runs):
-    "SeqevalMetric gathers every rank's sentences: token accuracy and entity F1 equal the one-process values."
+@pytest.mark.parametrize("task", TASKS)
+def test_validation_in_the_context_is_exact(runs, task):
+    "Loss and metrics (accuracy, entity F1, perplexity) equal one process validating the whole set: 21 or 27 items."
     _, results = runs
-    for result in results["token"]:
-        assert result["metrics"][1:3] == pytest.approx(result["single"][1:3], abs=1e-9)
+    for r in results[task]:
+        assert len(r["single"]) == 3  # the loss and two metrics
+        assert r["in_fit"] == pytest.approx(r["single"], rel=1e-5, abs=1e-7)
+        assert r["in_ctx"] == pytest.approx(r["single"], rel=1e-5, abs=1e-7)
 
 
-def test_sequence_metrics_are_exact_when_valid_set_divides_evenly(runs):
-    "AvgMetric (accuracy) and the loss average over the padded set: exact here as 20 % 2 == 0."
+@pytest.mark.parametrize("task", TASKS)
+def test_get_preds_in_the_context_are_every_item_in_one_process_order(runs, task):
     _, results = runs
-    for result in results["sequence"]:
-        assert result["metrics"] == pytest.approx(result["single"], rel=1e-5)
+    for r in results[task]:
+        assert len(r["preds_ctx"]) == len(r["preds_single"])
+        assert _flat(r["preds_ctx"]) == pytest.approx(_flat(r["preds_single"]), abs=2e-4)
+        assert r["inputs_noreorder_ctx"] == r["inputs_noreorder_single"]
+        assert _flat(r["preds_noreorder_ctx"]) == pytest.approx(_flat(r["preds_noreorder_single"]), abs=2e-4)
+        assert r["n_preds"] == r["n_inputs"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_export_inside_the_context_writes_once_and_loads(runs, task):
+    from fastai.learner import load_learner
+
+    tmp, results = runs
+    assert all(r["exported"] for r in results[task])
+    learn = load_learner(tmp / f"{task}.pkl")  # written by this test's own launch
+    assert _checksum(learn.model) == results[task][0]["checksum"]
+    # a failed export raises on every rank and leaves nothing behind
+    assert [r["export_error"] for r in results[task]] == ["FileNotFoundError", "RuntimeError"]
+    assert not (tmp / "no-such-dir").exists()
+    assert not [p for p in tmp.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_lr_find_in_the_context_says_to_run_it_in_one_process(runs):
+    _, results = runs
+    for r in results["sequence"]:
+        assert "run it in one process" in r["lr_find_error"]
+
+
+def test_csv_logger_writes_from_rank_zero_only(runs):
+    _, results = runs
+    assert [r["history"] for r in results["sequence"]] == [["history.csv"], []]
 
 
 def test_failed_save_raises_on_every_rank(runs):
@@ -216,3 +287,70 @@ def test_save_pretrained_writes_from_rank_zero_and_loads(runs, task):
     assert [r["saves"] for r in results[task]] == [1, 0]
     assert all(r["saved"] for r in results[task])  # rank 1 returned after rank 0 had finished
     assert _checksum(load_pretrained_learner(tmp / task).model) == results[task][0]["checksum"]
+
+
+def _dealt(dl, world_size: int, validating: bool) -> list[list[list[int]]]:
+    "Each rank's batches (item indices) from `HFDistributedDL`, without a process group (rank 0's order shared)."
+    from blurlite.distributed import HFDistributedDL
+
+    out = []
+    for rank in range(world_size):
+        torch.manual_seed(0)
+        import random as _random
+
+        _random.seed(0)
+        import numpy as _np
+
+        _np.random.seed(0)
+        d = HFDistributedDL(dl, rank=rank, world_size=world_size)
+        d._broadcast = lambda t, r: t
+        d.validating = validating
+        d.get_idxs()
+        assert len(d) == len(d._batches)
+        out.append([list(map(int, b)) for b in d._batches])
+    return out
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_training_batches_are_dealt_whole_with_as_many_steps_per_rank(tiny_bert_dir, world_size):
+    from conftest import make_reviews
+
+    from blurlite.all import HFTextDataLoaders
+
+    dls = HFTextDataLoaders.from_df(make_reviews(105), tiny_bert_dir, valid_col="is_valid", bs=8)
+    dealt = _dealt(dls.train, world_size, validating=False)
+    n_batches = len(dls.train)  # one process: 84 items, bs 8, the partial batch dropped
+    assert {len(b) for b in dealt} == {-(-n_batches // world_size)}
+    lengths = dls.train.res
+    for batches in dealt:
+        for b in batches:  # each a bucket: lengths within one sorted chunk of the one-process order
+            assert len(b) == 8 and max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 2
+    items = [i for batches in dealt for b in batches for i in b]
+    assert len(set(items)) == n_batches * 8  # all distinct except the repeated batches that even the ranks
+
+
+@pytest.mark.parametrize("n_valid,bs,world_size", [(21, 8, 2), (21, 8, 3), (5, 8, 2), (3, 8, 3)])
+def test_validation_batches_are_the_one_process_batches_none_twice(tiny_bert_dir, n_valid, bs, world_size):
+    from conftest import make_reviews
+
+    from blurlite.all import HFTextDataLoaders
+
+    df = make_reviews(n_valid * 5)
+    dls = HFTextDataLoaders.from_df(df, tiny_bert_dir, valid_col="is_valid", bs=bs)
+    dealt = _dealt(dls.valid, world_size, validating=True)
+    one_process = [list(map(int, b)) for b in dls.valid.chunkify(dls.valid.get_idxs())]
+    items = sorted(i for batches in dealt for b in batches for i in b)
+    assert items == list(range(n_valid))  # every item once
+    assert all(batches for batches in dealt)  # every rank validates something
+    if len(one_process) >= world_size:
+        assert [b for k in range(len(one_process)) for b in dealt[k % world_size][k // world_size:][:1]] == one_process
+
+
+def test_validating_fewer_items_than_processes_is_refused(tiny_bert_dir):
+    from conftest import make_reviews
+
+    from blurlite.all import HFTextDataLoaders
+
+    dls = HFTextDataLoaders.from_df(make_reviews(10), tiny_bert_dir, valid_col="is_valid", bs=8)  # 2 valid
+    with pytest.raises(ValueError, match="cannot validate 2 items on 3 processes"):
+        _dealt(dls.valid, 3, validating=True)

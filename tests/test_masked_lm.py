@@ -137,6 +137,26 @@ def test_validation_masks_are_the_same_every_epoch(tiny_mlm_dir):
                for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_validation_masks_depend_on_the_item_only(tiny_mlm_dir, whole_word):
+    "Not on its batch, batch size or padding side: distributed and one-process validation mask alike."
+    texts = make_texts(40)
+    outputs = {}
+    for bs, side in ((32, "right"), (5, "right"), (7, "left")):
+        dls = mlm_dls(texts, tiny_mlm_dir, bs=bs, whole_word=whole_word)
+        dl = dls.valid.new(padding_side=side)
+        rows = {}
+        for x, y in dl:
+            for ids, labels, mask in zip(x["input_ids"], y, x["attention_mask"]):
+                keep = mask.bool()
+                rows[tuple(torch.where(labels[keep] != IGNORE_INDEX, labels[keep], ids[keep]).tolist())] = (
+                    ids[keep].tolist(), labels[keep].tolist())
+        outputs[(bs, side)] = rows
+    reference = outputs[(32, "right")]
+    assert sum(l != IGNORE_INDEX for _, labels in reference.values() for l in labels) > 0
+    assert all(rows == reference for rows in outputs.values())
+
+
 def test_selected_fraction_and_split_through_the_data_loader(tiny_mlm_dir):
     dls = mlm_dls(make_texts(400, max_words=60), tiny_mlm_dir, bs=32)
     set_seed(3)

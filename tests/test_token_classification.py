@@ -186,6 +186,17 @@ def test_metrics_in_the_training_table_match_seqeval(trained):
     assert values["entity_f1"] > 0.8  # it learned the spans
 
 
+def test_get_preds_gives_one_row_of_probabilities_per_sentence(trained):
+    "Validation batches are padded to different lengths: fastai's get_preds returns rows, softmaxed one by one."
+    preds, targs = trained.get_preds()
+    assert len(preds) == len(targs) == len(trained.dls.valid_ds)
+    for p, t in zip(preds, targs):
+        assert p.shape == (*t.shape, len(trained.dls.vocab))
+        assert torch.allclose(p.sum(-1), torch.ones(t.shape))
+    decoded = trained.loss_func.decodes(preds)
+    assert [d.shape for d in decoded] == [t.shape for t in targs]
+
+
 def test_all_ignored_batch_gives_zero_loss_not_nan():
     loss = TokenCrossEntropyLossFlat()(torch.randn(2, 3, 5, requires_grad=True), torch.full((2, 3), IGNORE_INDEX))
     assert loss.item() == 0.0

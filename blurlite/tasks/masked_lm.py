@@ -33,7 +33,7 @@ __all__ = ["HFMLMInput", "HFMaskedTokens", "HFTokenizeMLM", "MaskTokens", "MaskT
            "MaskedLMLossFlat", "MaskedLMMetric", "MaskedLMLogitsCallback", "mlm_perplexity", "masked_accuracy", "mask_tokens", "group_texts"]
 
 TASK_NAME = "fill-mask"
-_VALID_SEED = 20_240_601  # validation masks depend on this and the batch only: comparable across epochs
+_VALID_SEED = 20_240_601  # validation masks depend on this and the item only: comparable across epochs
 
 
 class HFMLMInput(HFTextInput):
@@ -46,29 +46,62 @@ class HFMaskedTokens(list):
 
 def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_token_id: int, vocab_size: int,
                 mlm_probability: float = 0.15, word_ids: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return `(masked_input_ids, labels)` for a batch, with BERT's rule.
 
     Of the `maskable` positions (not special tokens, not padding), `mlm_probability` are selected; of those, 80%
     become `mask_token_id`, 10% a random token and 10% stay. `labels` hold the original id at selected positions
     and IGNORE_INDEX elsewhere. With `word_ids` (-1: no word), whole words are selected: all their sub-tokens or none.
-    Random draws are made on the CPU (so a CPU `generator` works for any device) and moved to the ids' device.
+    Draws come from `generator` (torch's global one if None), made on the CPU and moved to the ids' device. With
+    `seed`, they are instead a hash of the seed, the row's maskable ids and the position among them: a row's masks
+    then depend on that row only, not on its batch, padding or process (validation, distributed or not).
     """
     shape, device = input_ids.shape, input_ids.device
+    if seed is None:
+        def uniform(draw: int, at: torch.Tensor | None = None, size=shape) -> torch.Tensor:
+            return torch.rand(size, generator=generator)
+    else:
+        uniform = _row_hash_uniform(input_ids.cpu(), maskable.cpu().bool(), seed)
     if word_ids is None:
-        selected = torch.bernoulli(torch.full(shape, mlm_probability), generator=generator).bool()
+        selected = uniform(0) < mlm_probability
     else:  # one draw per (row, word), spread over the word's sub-tokens
         word_ids = word_ids.cpu()
         n_words = int(word_ids.max().clamp(min=0)) + 1
-        picked = torch.bernoulli(torch.full((shape[0], n_words), mlm_probability), generator=generator).bool()
+        picked = uniform(0, torch.arange(n_words).expand(shape[0], n_words), (shape[0], n_words)) < mlm_probability
         selected = picked.gather(1, word_ids.clamp(min=0)) & (word_ids >= 0)
     selected = selected.to(device) & maskable.bool()
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    to_mask = torch.bernoulli(torch.full(shape, 0.8), generator=generator).bool().to(device) & selected
-    to_random = torch.bernoulli(torch.full(shape, 0.5), generator=generator).bool().to(device) & selected & ~to_mask
+    to_mask = (uniform(1) < 0.8).to(device) & selected
+    to_random = (uniform(2) < 0.5).to(device) & selected & ~to_mask
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
-    random_ids = torch.randint(vocab_size, shape, generator=generator, dtype=input_ids.dtype).to(device)
+    random_ids = (uniform(3) * vocab_size).long().clamp(max=vocab_size - 1).to(device, input_ids.dtype)
     return torch.where(to_random, random_ids, masked), labels
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    "A 32-bit integer hash (xor-shift-multiply, int64 arithmetic without overflow), elementwise."
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def _row_hash_uniform(ids: torch.Tensor, maskable: torch.Tensor, seed: int):
+    """`uniform(draw, at=None, size=ids.shape)`: numbers in [0, 1) that hash (seed, the row's maskable ids, `at`,
+    `draw`); `at` defaults to each position's rank among the row's maskable positions, so that neither padding
+    (either side) nor the batch changes a row's numbers."""
+    rank = (maskable.long().cumsum(1) - 1).clamp(min=0)
+    tokens = _mix32((ids.long() & _M32) ^ _mix32(rank))
+    row_key = _mix32((torch.where(maskable, tokens, 0).sum(1) & _M32) ^ (seed & _M32))[:, None]
+
+    def uniform(draw: int, at: torch.Tensor | None = None, size=None) -> torch.Tensor:
+        at = rank if at is None else at
+        key = _mix32(_mix32(row_key ^ (at & _M32)) ^ _mix32(torch.tensor(draw + 1)))
+        return key.double() / 2**32
+
+    return uniform
 
 
 class HFTokenizeMLM(HFTokenize):
@@ -111,8 +144,9 @@ class HFTokenizeMLM(HFTokenize):
 class MaskTokens(ItemTransform):
     """Batch `(x,)` -> `(x with masked input_ids, labels)`: BERT's rule, padding and special tokens never selected.
 
-    Without `seed`, masks are new at every batch (training: new masks every epoch). With `seed`, a batch's masks
-    depend only on the seed and its ids, so validation scores compare across epochs.
+    Without `seed`, masks are new at every batch (training: new masks every epoch). With `seed`, an item's masks
+    depend only on the seed and its ids (not on its batch): validation scores compare across epochs, batch sizes
+    and process counts.
     """
     _retain = False
 
@@ -132,17 +166,13 @@ class MaskTokens(ItemTransform):
         maskable = x["attention_mask"].bool()
         if "special_tokens_mask" in x:
             maskable &= ~x["special_tokens_mask"].bool()
-        generator = None
-        if self.seed is not None:
-            checksum = int((ids.cpu().long() * torch.arange(1, ids.numel() + 1).view(ids.shape)).sum())
-            generator = torch.Generator().manual_seed((self.seed + checksum) % (2**63))
         masked, labels = mask_tokens(ids, maskable, self.mask_token_id, self.vocab_size, self.mlm_probability,
-                                     x["word_ids"] if self.whole_word else None, generator)
+                                     x["word_ids"] if self.whole_word else None, seed=self.seed)
         return (type(x)({**x, "input_ids": masked}), TensorTokenLabels(labels))
 
 
 class MaskTokensFixed(MaskTokens):
-    "`MaskTokens` for validation and inference: a batch's masks depend only on `seed` and its ids."
+    "`MaskTokens` for validation and inference: an item's masks depend only on `seed` and its ids."
     # a class of its own: fastai's DataBlock keeps one batch transform per class
 
     def __init__(self, mask_token_id: int, vocab_size: int, mlm_probability: float = 0.15, whole_word: bool = False,
@@ -257,7 +287,9 @@ class HFMLMDataLoaders(DataLoaders):
 class MaskedLMLossFlat(TokenCrossEntropyLossFlat):
     "Cross-entropy over the positions selected for prediction; decodes to predicted token ids at every position."
 
-    def decodes(self, x: torch.Tensor) -> TensorTokenLabels:
+    def decodes(self, x) -> TensorTokenLabels:
+        if isinstance(x, (list, L)):  # `get_preds`' rows of batches padded to different lengths
+            return L(map(self.decodes, x))
         return TensorTokenLabels(x.argmax(dim=self.axis))
 
 
@@ -283,6 +315,12 @@ class MaskedLMMetric(Metric):
         else:
             self.total += float((pred.argmax(-1) == targ).sum())
         self.count += int(keep.sum())
+
+    def gather_from_ranks(self):
+        "In a distributed validation (blurlite calls it on every rank): the sums over every rank's tokens."
+        from ..distributed import all_reduce_sums
+
+        self.total, self.count = all_reduce_sums(self.total, self.count)
 
     @property
     def value(self):
@@ -318,7 +356,7 @@ class MaskedLMLogitsCallback(Callback):
         self._remove()
         if not len(self.yb) or "labels" in self.xb[0] or any(isinstance(cb, GatherPredsCallback) for cb in self.cbs):
             return
-        head = self.learn.model.hf_model.get_output_embeddings()
+        head = getattr(self.learn.model, "module", self.learn.model).hf_model.get_output_embeddings()  # DDP wraps
         if head is None:
             return
         keep = self.yb[0] != IGNORE_INDEX

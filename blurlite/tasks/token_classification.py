@@ -13,7 +13,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.transforms import CategoryMap, ColReader, IndexSplitter
 from fastai.learner import Learner
 from fastai.metrics import Metric
-from fastai.torch_core import display_df, num_distrib
+from fastai.torch_core import display_df
 from fastcore.basics import patch
 from fastcore.foundation import L
 from fasttransform import DisplayedTransform, ItemTransform
@@ -252,7 +252,7 @@ class SeqevalMetric(Metric):
         self.reset()
 
     def reset(self):
-        self.y_true, self.y_pred, self.n_items = [], [], None
+        self.y_true, self.y_pred = [], []
 
     def accumulate(self, learn):
         vocab = learn.dls.vocab
@@ -261,35 +261,26 @@ class SeqevalMetric(Metric):
             keep = [i for i in range(len(w)) if w[i] >= 0 and (i == 0 or w[i] != w[i - 1]) and t[i] != IGNORE_INDEX]
             self.y_true.append([vocab[t[i]] for i in keep])
             self.y_pred.append([vocab[p[i]] for i in keep])
-        self.n_items = _distributed_items(learn.dl)
+
+    def gather_from_ranks(self):
+        "In a distributed validation (blurlite calls it on every rank): every rank's sentences."
+        from ..distributed import gather_rows
+
+        self.y_true, self.y_pred = gather_rows(self.y_true), gather_rows(self.y_pred)
 
     @property
     def value(self):
         import seqeval.metrics
 
-        y_true, y_pred = self.y_true, self.y_pred
-        if self.n_items is not None:  # in a distributed run: every rank's sentences, each once
-            from ..distributed import gather_rows
-
-            y_true, y_pred = gather_rows(y_true, self.n_items), gather_rows(y_pred, self.n_items)
-        if not any(y_true):
+        if not any(self.y_true):
             return None
         score = {"f1": seqeval.metrics.f1_score, "precision": seqeval.metrics.precision_score,
                  "recall": seqeval.metrics.recall_score, "accuracy": seqeval.metrics.accuracy_score}[self.score]
-        return score(y_true, y_pred)
+        return score(self.y_true, self.y_pred)
 
     @property
     def name(self):
         return "token_accuracy" if self.score == "accuracy" else f"entity_{self.score}"
-
-
-def _distributed_items(dl) -> int | None:
-    "The number of validation items a `DistributedDL` shards (None outside a distributed run)."
-    if num_distrib() <= 1:
-        return None
-    from ..distributed import distributed_item_count
-
-    return distributed_item_count(dl)
 
 
 entity_f1, entity_precision, entity_recall, token_accuracy = (SeqevalMetric(s) for s in
