@@ -274,6 +274,10 @@ def test_fill_mask_equals_the_fill_mask_pipeline(trained, top_k):
         got, expected = trained.fill_mask(text, top_k=top_k), pipe(text, top_k=top_k)
         assert strip_scores(got) == strip_scores(expected)
         assert scores(got) == pytest.approx(scores(expected), abs=1e-4)
+    for bs in (1, 2):  # a list: run longest first in batches of bs, returned in input order
+        got, expected = trained.fill_mask(FILL_TEXTS[::-1], top_k=top_k, bs=bs), pipe(FILL_TEXTS[::-1], top_k=top_k)
+        assert strip_scores(got) == strip_scores(expected)
+        assert scores(got) == pytest.approx(scores(expected), abs=1e-4)
 
 
 def strip_scores(result):

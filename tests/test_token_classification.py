@@ -228,6 +228,20 @@ def test_predict_entities_equals_the_pipeline(trained, strategy):
     assert found >= 4  # the comparison is not between empty lists
 
 
+def test_predict_entities_on_a_list_equals_one_call_per_text_in_order(trained):
+    texts = TEXTS + ["good " * 40 + "movie", "bad"]  # mixed lengths: run longest first, returned in input order
+    one_by_one = [trained.predict_entities(t) for t in texts]
+    for bs in (1, 3, 16):
+        got = trained.predict_entities(texts, bs=bs)
+        assert [[(e["entity_group"], e["start"], e["end"]) for e in r] for r in got] == \
+               [[(e["entity_group"], e["start"], e["end"]) for e in r] for r in one_by_one]
+        assert [float(e["score"]) for r in got for e in r] == \
+               pytest.approx([float(e["score"]) for r in one_by_one for e in r], abs=1e-4)
+    assert sum(map(len, one_by_one)) >= 4 and trained.predict_entities([]) == []
+    with pytest.raises(TypeError, match="item 1 is int"):
+        trained.predict_entities(["good", 3])
+
+
 def test_long_texts_are_covered_by_windows(trained):
     words = ["the"] * 100 + ["good"]  # past the model's 64 positions
     entities = trained.predict_entities(" ".join(words))

@@ -5,7 +5,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks", "set_model_labels"]
+__all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks", "set_model_labels",
+           "pipeline_in_length_order"]
 
 _TASKS: dict[str, "HFTask"] = {}
 _BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification",
@@ -87,3 +88,19 @@ def task_for(dls) -> HFTask:
             if task.input_type is cls:
                 return task
     raise ValueError(f"no registered task handles {input_type.__name__} inputs; tasks: {sorted(_TASKS)}")
+
+
+def pipeline_in_length_order(pipe, texts: list, bs: int, tokenizer, **kwargs) -> list:
+    """`pipe(texts, batch_size=bs, **kwargs)`, run on the texts longest first (batches then pad little), results in
+    the order of `texts`. HF pipelines batch texts as given: mixed lengths pad every batch to its longest."""
+    if bs < 1:
+        raise ValueError(f"bs must be at least 1, got {bs}")
+    if not texts:
+        return []
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    results = pipe([texts[i] for i in order], batch_size=bs, **kwargs)
+    out = [None] * len(texts)
+    for j, i in enumerate(order):
+        out[i] = results[j]
+    return out

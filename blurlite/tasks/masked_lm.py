@@ -27,7 +27,7 @@ from ..data import (IGNORE_INDEX, HFSortedDL, HFTextInput, HFTokenize, TensorTok
                     model_max_length, split_rows, tokenizer_pad_values)
 from ..hf_objects import get_hf_objects
 from ..losses import TokenCrossEntropyLossFlat
-from . import HFTask, register_task, task_for
+from . import HFTask, pipeline_in_length_order, register_task, task_for
 
 __all__ = ["HFMLMInput", "HFMaskedTokens", "HFTokenizeMLM", "MaskTokens", "MaskTokensFixed", "HFMLMBlock", "HFMLMDataLoaders",
            "MaskedLMLossFlat", "MaskedLMMetric", "MaskedLMLogitsCallback", "mlm_perplexity", "masked_accuracy", "mask_tokens", "group_texts"]
@@ -438,11 +438,11 @@ def show_results(x: HFMLMInput, y, samples, outs, ctxs=None, max_n=10, trunc_at=
 
 # inference
 @patch
-def fill_mask(self: Learner, text: str | list[str], top_k: int = 5):
+def fill_mask(self: Learner, text: str | list[str], top_k: int = 5, bs: int = 16):
     """The `top_k` fillings of each mask token in `text`, as `pipeline("fill-mask")` returns them.
 
     A list of dicts (`score`, `token`, `token_str`, `sequence`) for a text with one mask; a list of such lists,
-    one per mask, for several; a list of results for a list of texts.
+    one per mask, for several; a list of results for a list of texts, computed `bs` texts at a time, longest first.
     """
     if task_for(self.dls).name != TASK_NAME:
         raise TypeError(f"fill_mask is for masked-LM learners; this learner is for {task_for(self.dls).name}")
@@ -453,7 +453,9 @@ def fill_mask(self: Learner, text: str | list[str], top_k: int = 5):
     self.model.eval()
     pipe = FillMaskPipeline(model=self.model.hf_model, tokenizer=tokenizer,
                             device=next(self.model.parameters()).device)
-    return pipe(text if isinstance(text, str) else list(text), top_k=top_k)
+    if isinstance(text, str):
+        return pipe(text, top_k=top_k)
+    return pipeline_in_length_order(pipe, list(text), bs, tokenizer, top_k=top_k)
 
 
 # saving and the command line

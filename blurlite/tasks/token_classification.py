@@ -25,7 +25,7 @@ from ..data import (IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, TensorTo
                     split_rows)
 from ..hf_objects import get_hf_objects
 from ..losses import TokenCrossEntropyLossFlat
-from . import HFTask, register_task, set_model_labels, task_for
+from . import HFTask, pipeline_in_length_order, register_task, set_model_labels, task_for
 
 __all__ = ["HFTokenClassInput", "HFWords", "HFTokenizeWords", "HFTokenClassBlock",
            "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels", "HFTokenClassDataLoaders",
@@ -329,29 +329,39 @@ def _check_task(learn, method: str) -> None:
 
 
 @patch
-def predict_entities(self: Learner, text: str, aggregation_strategy: str = "simple", stride: int | None = None):
+def predict_entities(self: Learner, text: str | list[str], aggregation_strategy: str = "simple",
+                     stride: int | None = None, bs: int = 16):
     """Entities in `text`, as `pipeline("token-classification", aggregation_strategy=...)` returns them.
 
+    A list of texts gives a list of results, computed `bs` texts at a time, longest first (less padding).
     Texts longer than the block's `max_length` are covered by overlapping windows (`stride`, by default a
     quarter of `max_length`) for every strategy but "none", which has no windows: its tokens past `max_length`
     are not labelled, and a warning says so.
     """
     _check_task(self, "predict_entities")
+    texts = [text] if isinstance(text, str) else list(text)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"predict_entities takes a text or a list of texts; item {i} is {type(t).__name__}")
     tfm = find_hf_transform(self.dls)
     tokenizer = tfm.hf_tokenizer
     if tfm.max_length:  # the pipeline truncates and windows at the tokenizer's limit: make it the block's
         tokenizer = copy.copy(tokenizer)
         tokenizer.model_max_length = tfm.max_length
-    too_long = tfm.max_length and len(tokenizer(text, truncation=False)["input_ids"]) > tfm.max_length
+    too_long = bool(tfm.max_length) and bool(texts) and max(
+        len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]) > tfm.max_length
     if too_long and stride is None and aggregation_strategy != "none":
         stride = tfm.max_length // 4
     elif too_long and aggregation_strategy == "none":
-        warnings.warn(f"the text is longer than max_length={tfm.max_length} tokens: with aggregation_strategy="
+        warnings.warn(f"a text is longer than max_length={tfm.max_length} tokens: with aggregation_strategy="
                       "'none' the tokens past it get no label; use another strategy to cover them with windows")
     self.model.eval()
     pipe = TokenClassificationPipeline(model=self.model.hf_model, tokenizer=tokenizer,
                                        device=next(self.model.parameters()).device)
-    return pipe(text, aggregation_strategy=aggregation_strategy, **({"stride": stride} if stride else {}))
+    kwargs = {"aggregation_strategy": aggregation_strategy, **({"stride": stride} if stride else {})}
+    if isinstance(text, str):
+        return pipe(text, **kwargs)
+    return pipeline_in_length_order(pipe, texts, bs, tokenizer, **kwargs)
 
 
 # saving and the command line
