@@ -23,7 +23,7 @@ from .checks import check_batch_size, check_columns, describe_item, is_missing, 
 from .fastai_compat import support_mapping_batches
 
 __all__ = ["IGNORE_INDEX", "NON_MODEL_KEYS", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
-           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows"]
+           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
 # batch keys blurlite keeps for itself (alignment, decoding); they are not passed to the model
@@ -293,6 +293,11 @@ class HFSortedDL(SortedDL):
         f = compose(self.before_batch.decode, self.after_item.decode,
                     partial(getcallable(self.dataset, "decode"), full=full))
         return L(unpad_batch(b, max_n=max_n)).map(f)
+
+
+def truncate_words(text: str, trunc_at: int | None) -> str:
+    "`text`'s first `trunc_at` space-separated words (all with None): `show_batch`/`show_results`' `trunc_at`."
+    return text if trunc_at is None else " ".join(str(text).split(" ")[:trunc_at])
 
 
 def _input_length(item) -> int:

@@ -354,3 +354,21 @@ def test_validating_fewer_items_than_processes_is_refused(tiny_bert_dir):
     dls = HFTextDataLoaders.from_df(make_reviews(10), tiny_bert_dir, valid_col="is_valid", bs=8)  # 2 valid
     with pytest.raises(ValueError, match="cannot validate 2 items on 3 processes"):
         _dealt(dls.valid, 3, validating=True)
+
+
+def test_the_same_script_runs_in_one_process(tiny_bert_dir, monkeypatch):
+    "Under plain `python` (no WORLD_SIZE) `distrib_ctx` changes nothing: no wrapper, no patched loader, fastai's own."
+    from conftest import make_reviews
+    from fastai.distributed import DistributedTrainer
+
+    from blurlite.all import HFSortedDL, HFTextDataLoaders, hf_learner
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dls = HFTextDataLoaders.from_df(make_reviews(40), tiny_bert_dir, valid_col="is_valid", bs=8)
+    learn = hf_learner(dls)
+    with learn.no_bar(), learn.no_logging(), learn.distrib_ctx():
+        assert not any(isinstance(cb, DistributedTrainer) for cb in learn.cbs)
+        learn.fit(1, 1e-3)
+        assert type(learn.dls.train) is HFSortedDL
+        valid = learn.validate()
+    assert len(valid) == 3 and all(v is not None for v in valid)

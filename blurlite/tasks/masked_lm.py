@@ -24,7 +24,7 @@ from transformers import AutoModelForMaskedLM, FillMaskPipeline
 
 from ..checks import check_columns, check_frame, check_texts
 from ..data import (IGNORE_INDEX, HFSortedDL, HFTextInput, HFTokenize, TensorTokenLabels, find_hf_transform,
-                    model_max_length, split_rows, tokenizer_pad_values)
+                    model_max_length, split_rows, tokenizer_pad_values, truncate_words)
 from ..hf_objects import get_hf_objects
 from ..losses import TokenCrossEntropyLossFlat
 from . import HFTask, pipeline_in_length_order, register_task, task_for
@@ -411,10 +411,6 @@ def _prepare_model(dls, hf_model) -> None:
 
 
 # display: the masked text, the hidden tokens, the predictions at their positions
-def _truncate(text: str, trunc_at: int | None) -> str:
-    return text if trunc_at is None else " ".join(str(text).split(" ")[:trunc_at])
-
-
 def _hidden(tokens: HFMaskedTokens, at: HFMaskedTokens | None = None) -> str:
     "Tokens at the positions `at` has one (default: where `tokens` has one), joined for display."
     at = tokens if at is None else at
@@ -423,14 +419,14 @@ def _hidden(tokens: HFMaskedTokens, at: HFMaskedTokens | None = None) -> str:
 
 @dispatch
 def show_batch(x: HFMLMInput, y, samples, ctxs=None, max_n=10, trunc_at=None, **kwargs):
-    rows = [{"masked text": _truncate(s[0], trunc_at), "hidden tokens": _hidden(s[1])} for s in samples[:max_n]]
+    rows = [{"masked text": truncate_words(s[0], trunc_at), "hidden tokens": _hidden(s[1])} for s in samples[:max_n]]
     display_df(pd.DataFrame(rows))
     return ctxs
 
 
 @dispatch
 def show_results(x: HFMLMInput, y, samples, outs, ctxs=None, max_n=10, trunc_at=None, **kwargs):
-    rows = [{"masked text": _truncate(s[0], trunc_at), "hidden tokens": _hidden(s[1]),
+    rows = [{"masked text": truncate_words(s[0], trunc_at), "hidden tokens": _hidden(s[1]),
              "predicted": _hidden(o[0], at=s[1])} for s, o in zip(samples[:max_n], outs)]
     display_df(pd.DataFrame(rows))
     return ctxs

@@ -16,7 +16,7 @@ from plum import dispatch
 from transformers import AutoModelForSequenceClassification
 
 from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
-from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform, split_rows
+from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform, split_rows, truncate_words
 from ..hf_objects import get_hf_objects
 from . import HFTask, register_task, set_model_labels, task_for
 
@@ -140,10 +140,6 @@ class HFTextDataLoaders(DataLoaders):
 
 
 # display: registered on the input type, so fastai's own show_batch/show_results call these
-def _truncate(text: str, trunc_at: int | None) -> str:
-    return text if trunc_at is None else " ".join(str(text).split(" ")[:trunc_at])
-
-
 def _shown(value) -> str:
     "A target or prediction as text: a label, or labels joined with '; ' for multi-label."
     if isinstance(value, (list, tuple)) or (hasattr(value, "items") and not isinstance(value, str)):
@@ -153,8 +149,8 @@ def _shown(value) -> str:
 
 def _text_columns(x, trunc_at) -> dict:
     if isinstance(x, HFTextPair):
-        return {"text": _truncate(x.text, trunc_at), "text_pair": _truncate(x.text_pair, trunc_at)}
-    return {"text": _truncate(x, trunc_at)}
+        return {"text": truncate_words(x.text, trunc_at), "text_pair": truncate_words(x.text_pair, trunc_at)}
+    return {"text": truncate_words(x, trunc_at)}
 
 
 @dispatch
