@@ -185,3 +185,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*load_learner.*")
+
+
+def bench_sizes(args, defaults: dict, quick: dict) -> dict:
+    "The sizes of `args` (`defaults` where absent), each capped at `quick`'s with `--quick`."
+    sizes = {k: getattr(args, k, v) for k, v in defaults.items()}
+    if getattr(args, "quick", False):
+        sizes = {k: min(v, quick[k]) for k, v in sizes.items()}
+    return sizes

@@ -128,7 +128,7 @@ def _blurlite_worker(df, args, rank: int, world: int) -> dict:
 def _trainer_worker(df, args, rank: int, world: int) -> dict:
     "One process of run (c): `transformers.Trainer` as `train_speed.train_hf_trainer`, per-process bs `worker_bs`."
     import train_speed
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
     class Collator(train_speed._CountingCollator):
         "Counts useful and padded tokens, and batches, of this rank's training batches."
@@ -143,15 +143,7 @@ def _trainer_worker(df, args, rank: int, world: int) -> dict:
     tokenizer, model = hf_objects.hf_tokenizer, hf_objects.hf_model
     train_items, _ = train_speed._trainer_items(df, tokenizer, args.max_length, model.config.label2id)
     collator = Collator(DataCollatorWithPadding(tokenizer))
-    epoch = {"seconds": 0.0, "cpu_seconds": 0.0}
-
-    class EpochTimer(TrainerCallback):
-        def on_epoch_begin(self, *a, **k):
-            epoch["start"], epoch["cpu_start"] = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, *a, **k):
-            epoch["seconds"] += time.perf_counter() - epoch["start"]
-            epoch["cpu_seconds"] += time.process_time() - epoch["cpu_start"]
+    epoch, EpochTimer = train_speed.trainer_epoch_timer()
 
     per_process = argparse.Namespace(**{**vars(args), "bs": args.worker_bs})
     with tempfile.TemporaryDirectory() as out_dir:

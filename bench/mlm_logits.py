@@ -36,10 +36,7 @@ def add_mlm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def mlm_sizes(args) -> dict:
     "Lines, chunk length and bs of `args` (the defaults where absent), capped at QUICK's with `--quick`."
-    sizes = {k: getattr(args, k, v) for k, v in DEFAULTS.items()}
-    if getattr(args, "quick", False):
-        sizes = {k: min(v, QUICK[k]) for k, v in sizes.items()}
-    return sizes
+    return common.bench_sizes(args, DEFAULTS, QUICK)
 
 
 def fit_mlm(lines: list[str], selected_only: bool, max_length: int, bs: int, seed: int = 0):

@@ -54,10 +54,7 @@ def add_task_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def task_sizes(args) -> dict:
     "The sizes of `args` (the defaults where absent), capped at QUICK's with `--quick`."
-    sizes = {k: getattr(args, k, v) for k, v in DEFAULTS.items()}
-    if getattr(args, "quick", False):
-        sizes = {k: min(v, QUICK[k]) for k, v in sizes.items()}
-    return sizes
+    return common.bench_sizes(args, DEFAULTS, QUICK)
 
 
 def blurlite_call(method, texts: list[str], bs: int, **kwargs) -> tuple[object, str, int]:

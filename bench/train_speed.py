@@ -135,16 +135,10 @@ def _training_arguments(args, out_dir: str, sampling: str, bf16: bool):
         train_sampling_strategy=sampling, bf16=bf16)
 
 
-def train_hf_trainer(df, args, sampling: str = "random", bf16: bool = False) -> dict:
-    "Fine-tune with `transformers.Trainer` + `DataCollatorWithPadding`; returns the figures."
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback
+def trainer_epoch_timer():
+    "A dict of the epochs' wall and CPU seconds, and the `TrainerCallback` class that fills it."
+    from transformers import TrainerCallback
 
-    common.set_seed(args.seed)  # as for blurlite: the new head starts from the same weights
-    hf_objects = minilm_objects(df)
-    tokenizer, model = hf_objects.hf_tokenizer, hf_objects.hf_model
-    label2id = model.config.label2id
-    train_items, valid_items = _trainer_items(df, tokenizer, args.max_length, label2id)
-    collator = _CountingCollator(DataCollatorWithPadding(tokenizer))
     epoch = {"seconds": 0.0, "cpu_seconds": 0.0}
 
     class EpochTimer(TrainerCallback):
@@ -154,6 +148,21 @@ def train_hf_trainer(df, args, sampling: str = "random", bf16: bool = False) -> 
         def on_epoch_end(self, *a, **k):
             epoch["seconds"] += time.perf_counter() - epoch["start"]
             epoch["cpu_seconds"] += time.process_time() - epoch["cpu_start"]
+
+    return epoch, EpochTimer
+
+
+def train_hf_trainer(df, args, sampling: str = "random", bf16: bool = False) -> dict:
+    "Fine-tune with `transformers.Trainer` + `DataCollatorWithPadding`; returns the figures."
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+
+    common.set_seed(args.seed)  # as for blurlite: the new head starts from the same weights
+    hf_objects = minilm_objects(df)
+    tokenizer, model = hf_objects.hf_tokenizer, hf_objects.hf_model
+    label2id = model.config.label2id
+    train_items, valid_items = _trainer_items(df, tokenizer, args.max_length, label2id)
+    collator = _CountingCollator(DataCollatorWithPadding(tokenizer))
+    epoch, EpochTimer = trainer_epoch_timer()
 
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = Trainer(model=model, args=_training_arguments(args, out_dir, sampling, bf16),

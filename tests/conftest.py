@@ -46,6 +46,14 @@ def make_reviews(n=120, seed=0, n_classes=2):
     return pd.DataFrame(rows)
 
 
+@pytest.fixture(scope="session")
+def reviews_csv(tmp_path_factory):
+    "80 synthetic reviews in a CSV file (text, label, is_valid), for the command line."
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    make_reviews(80).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture
 def reviews():
     return make_reviews()

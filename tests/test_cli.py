@@ -26,13 +26,6 @@ def one_line_error(err: str, pattern: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reviews_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    make_reviews(80).to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def trained_dir(reviews_csv, tiny_bert_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model"
     assert cli.main(["train", "--data", str(reviews_csv), "--model", str(tiny_bert_dir), "--valid-col", "is_valid",

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_reviews
 
 import blurlite.cli as cli
 from blurlite.all import load_pretrained_learner
@@ -46,13 +45,6 @@ def _train_args(data: Path, model: Path, out: Path) -> list[str]:
 def _report_lines(stdout: str) -> list[str]:
     "The lines of the CLI's report (progress bars and the training table left out)."
     return [line for line in stdout.splitlines() if line.startswith(REPORT_LINES)]
-
-
-@pytest.fixture(scope="module")
-def reviews_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    make_reviews(80).to_csv(path, index=False)
-    return path
 
 
 @pytest.fixture(scope="module")
