@@ -372,3 +372,26 @@ def test_the_same_script_runs_in_one_process(tiny_bert_dir, monkeypatch):
         assert type(learn.dls.train) is HFSortedDL
         valid = learn.validate()
     assert len(valid) == 3 and all(v is not None for v in valid)
+
+
+def test_only_blurlite_learners_get_blurlite_loaders(tiny_bert_dir, monkeypatch):
+    "fastai's DistributedTrainer wraps a blurlite loader in HFDistributedDL for a blurlite learner only."
+    from types import SimpleNamespace
+
+    from conftest import make_reviews
+    from fastai.distributed import DistributedDL, DistributedTrainer
+    from fastai.learner import Learner
+
+    from blurlite.all import HFTextDataLoaders, hf_learner
+    from blurlite.distributed import HFDistributedDL, support_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    support_distributed()
+    dls = HFTextDataLoaders.from_df(make_reviews(40), tiny_bert_dir, valid_col="is_valid", bs=8)
+    blurlite_learn = hf_learner(dls)
+    plain_learn = Learner(dls, blurlite_learn.model, loss_func=blurlite_learn.loss_func)  # no HFModelCallback
+    for learn, expected in ((blurlite_learn, HFDistributedDL), (plain_learn, DistributedDL)):
+        learn.model.device = torch.device("cpu")  # fastai's wrap reads it (a DDP model has it)
+        wrapped = DistributedTrainer._wrap_dl(SimpleNamespace(learn=learn), dls.train)
+        assert type(wrapped) is expected
