@@ -94,11 +94,9 @@ def _is_blurlite(learn) -> bool:
     return learn is not None and any(isinstance(cb, HFModelCallback) for cb in learn.cbs)
 
 
-def _distributed(learn=None) -> bool:
-    "Several processes, a process group, and (when given) a learner in `distrib_ctx`."
-    if num_distrib() <= 1 or not dist.is_initialized():
-        return False
-    return learn is None or any(isinstance(cb, DistributedTrainer) for cb in learn.cbs)
+def _distributed() -> bool:
+    "Several processes, and a process group to talk through."
+    return num_distrib() > 1 and dist.is_initialized()
 
 
 # ---------------------------------------------------------------------------------------------- collectives
@@ -111,6 +109,13 @@ def _broadcast(self, t, rank):
     return objects[0]
 
 
+def _all_gather(obj) -> list:
+    "Every rank's `obj` (pickled), in rank order."
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def gather_rows(rows: list) -> list:
     """Every rank's `rows`, rank 0's first; `rows` as they are outside a distributed run.
 
@@ -120,9 +125,7 @@ def gather_rows(rows: list) -> list:
     """
     if not _distributed():
         return list(rows)
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, list(rows))
-    return [row for part in gathered for row in part]
+    return [row for part in _all_gather(list(rows)) for row in part]
 
 
 def all_reduce_sums(*values: float) -> list[float]:
@@ -190,19 +193,15 @@ class HFDistributedDL(DistributedDL):
         return batches
 
     def get_idxs(self):
+        self._batches = None
+        if self.dl.fake_l.num_workers and not self.validating:  # workers split the index list themselves: fastai's
+            return super().get_idxs()
         idxs = self._broadcast(list(self.dl.get_idxs()), 0)  # rank 0's order on every rank
-        self.n, self._batches = len(idxs), None
-        if self.dl.fake_l.num_workers and not self.validating:  # workers split the index list themselves: as fastai
-            return self._fastai_slice(idxs)
+        self.n = len(idxs)
         batches = self._deal(idxs)
         self.batch_sizes = [len(b) for b in batches]
         self._batches = batches[self.rank::self.world_size]
         return [i for b in self._batches for i in b]
-
-    def _fastai_slice(self, idxs: list) -> list:
-        n_padded = math.ceil(self.n / self.world_size) * self.world_size
-        idxs = idxs + (idxs * (n_padded // self.n))[:n_padded - self.n]
-        return idxs[self.rank * n_padded // self.world_size:(self.rank + 1) * n_padded // self.world_size]
 
     def __len__(self):
         if self.validating:
@@ -255,12 +254,6 @@ def _merge_ranks(parts: list, batch_sizes: list[int]):
         merged += rows[rank][taken[rank]:taken[rank] + size]
         taken[rank] += size
     return to_concat(merged) if merged else first
-
-
-def _all_gather(obj) -> list:
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _combine_validation(learn) -> None:
@@ -341,7 +334,7 @@ def _after_validate(self):
 
 
 # ------------------------------------------------------------------------------------------ learner methods
-def _run_on_rank0(learn: Learner, write, what: str):
+def _run_on_rank0(write, what: str):
     "Run `write()` on rank 0 only; every rank returns once it is done, or raises if it failed."
     if not _distributed():
         return None if rank_distrib() else write()
@@ -366,7 +359,7 @@ def _rank0_save_pretrained(save_pretrained):
     def wrapper(self: Learner, path, *args, **kwargs):
         if num_distrib() <= 1:
             return save_pretrained(self, path, *args, **kwargs)
-        _run_on_rank0(self, lambda: save_pretrained(self, path, *args, **kwargs), "save_pretrained")
+        _run_on_rank0(lambda: save_pretrained(self, path, *args, **kwargs), "save_pretrained")
         return Path(path)
     wrapper.rank0_only = True
     return wrapper
@@ -401,7 +394,7 @@ def _safe_export(export):
                 for cb in trainers:
                     self.add_cb(cb)
 
-        _run_on_rank0(self, write, "export")
+        _run_on_rank0(write, "export")
     wrapper.rank0_only = True
     return wrapper
 

@@ -118,12 +118,17 @@ def test_cpu_callback_refuses_a_cuda_learner(tiny_objects, monkeypatch):
             learn.fit(1)
 
 
-def test_bf16_learner_exports_with_its_callback(tiny_objects, tmp_path):
-    learn = bf16_learner(tiny_objects)
-    learn.export(tmp_path / "bf16.pkl")
+def export_and_load(learn, path):
+    "`learn.export(path)`, then `load_learner(path)` (our own file), torch's pickle warnings silenced."
+    learn.export(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = load_learner(tmp_path / "bf16.pkl")
+        return load_learner(path)
+
+
+def test_bf16_learner_exports_with_its_callback(tiny_objects, tmp_path):
+    learn = bf16_learner(tiny_objects)
+    loaded = export_and_load(learn, tmp_path / "bf16.pkl")
     assert sum(isinstance(cb, CPUMixedPrecision) for cb in loaded.cbs) == 1
     assert loaded.predict("a good film")[0] == learn.predict("a good film")[0]
 
@@ -182,8 +187,5 @@ def test_quantize_learner_leaves_the_original_and_cannot_train(trained):
 
 def test_quantized_learner_exports(trained, tmp_path):
     qlearn = quantize_learner(trained)
-    qlearn.export(tmp_path / "int8.pkl")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = load_learner(tmp_path / "int8.pkl")
+    loaded = export_and_load(qlearn, tmp_path / "int8.pkl")
     assert loaded.hf_predict(["a good film", "an awful plot"]) == qlearn.hf_predict(["a good film", "an awful plot"])

@@ -90,14 +90,14 @@ def task_for(dls) -> HFTask:
     raise ValueError(f"no registered task handles {input_type.__name__} inputs; tasks: {sorted(_TASKS)}")
 
 
-def pipeline_in_length_order(pipe, texts: list, bs: int, tokenizer, **kwargs) -> list:
-    """`pipe(texts, batch_size=bs, **kwargs)`, run on the texts longest first (batches then pad little), results in
-    the order of `texts`. HF pipelines batch texts as given: mixed lengths pad every batch to its longest."""
+def pipeline_in_length_order(pipe, texts: list, bs: int, lengths: list[int], **kwargs) -> list:
+    """`pipe(texts, batch_size=bs, **kwargs)`, run on the texts longest first (by their token counts `lengths`:
+    batches then pad little), results in the order of `texts`. HF pipelines batch texts as given: mixed lengths pad
+    every batch to its longest."""
     if bs < 1:
         raise ValueError(f"bs must be at least 1, got {bs}")
     if not texts:
         return []
-    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     results = pipe([texts[i] for i in order], batch_size=bs, **kwargs)
     out = [None] * len(texts)

@@ -451,7 +451,8 @@ def fill_mask(self: Learner, text: str | list[str], top_k: int = 5, bs: int = 16
                             device=next(self.model.parameters()).device)
     if isinstance(text, str):
         return pipe(text, top_k=top_k)
-    return pipeline_in_length_order(pipe, list(text), bs, tokenizer, top_k=top_k)
+    lengths = [len(ids) for ids in tokenizer(list(text))["input_ids"]] if len(text) else []
+    return pipeline_in_length_order(pipe, list(text), bs, lengths, top_k=top_k)
 
 
 # saving and the command line

@@ -348,8 +348,8 @@ def predict_entities(self: Learner, text: str | list[str], aggregation_strategy:
     if tfm.max_length:  # the pipeline truncates and windows at the tokenizer's limit: make it the block's
         tokenizer = copy.copy(tokenizer)
         tokenizer.model_max_length = tfm.max_length
-    too_long = bool(tfm.max_length) and bool(texts) and max(
-        len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]) > tfm.max_length
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]] if texts else []
+    too_long = bool(tfm.max_length) and max(lengths, default=0) > tfm.max_length
     if too_long and stride is None and aggregation_strategy != "none":
         stride = tfm.max_length // 4
     elif too_long and aggregation_strategy == "none":
@@ -361,7 +361,7 @@ def predict_entities(self: Learner, text: str | list[str], aggregation_strategy:
     kwargs = {"aggregation_strategy": aggregation_strategy, **({"stride": stride} if stride else {})}
     if isinstance(text, str):
         return pipe(text, **kwargs)
-    return pipeline_in_length_order(pipe, texts, bs, tokenizer, **kwargs)
+    return pipeline_in_length_order(pipe, texts, bs, lengths, **kwargs)
 
 
 # saving and the command line
