@@ -4,17 +4,22 @@ from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPai
                    find_hf_transform, model_max_length, split_rows)
 from .losses import TokenCrossEntropyLossFlat
 from .hf_objects import HFObjects, get_hf_objects
-from .learner import HFModelCallback, HFModelWrapper, hf_learner, hf_splitter
-from .serialization import load_pretrained_learner
-from .tasks import HFTask, get_task, register_task, task_for
+from .learner import HFLearner, HFModelCallback, HFModelWrapper, hf_learner, hf_splitter
+from .loading import load_pretrained_learner
+from .tasks import (HFTask, get_task, logits_as_pred, register_task, registered_tasks, set_model_labels,
+                    targets_as_labels, task_for)
 from .versions import IncompatibleArtifactError, stack_versions
-from .tasks.sequence_classification import HFTextDataLoaders, OneHotColumns, is_multi_label
+from .tasks.sequence_classification import (HFTextDataLoaders, OneHotColumns, TextTargets, is_multi_label,
+                                            register_text_targets, target_transforms)
+from .tasks.regression import FloatColumns, PearsonR, is_regression, pearsonr
 
 __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPair", "HFTokenize",
-           "find_hf_transform", "model_max_length", "split_rows", "TensorTokenLabels", "TokenCrossEntropyLossFlat", "HFObjects", "get_hf_objects", "HFModelCallback",
-           "HFModelWrapper", "hf_learner", "hf_splitter", "HFTask", "get_task", "register_task", "task_for",
-           "HFTextDataLoaders", "OneHotColumns", "is_multi_label", "is_missing", "load_pretrained_learner",
-           "IncompatibleArtifactError", "stack_versions"]
+           "find_hf_transform", "model_max_length", "split_rows", "TensorTokenLabels", "TokenCrossEntropyLossFlat",
+           "HFObjects", "get_hf_objects", "HFLearner", "HFModelCallback", "HFModelWrapper", "hf_learner",
+           "hf_splitter", "HFTask", "get_task", "logits_as_pred", "register_task", "registered_tasks",
+           "set_model_labels", "targets_as_labels", "task_for", "HFTextDataLoaders", "OneHotColumns", "TextTargets",
+           "is_multi_label", "register_text_targets", "target_transforms", "FloatColumns", "PearsonR", "is_regression", "pearsonr",
+           "is_missing", "load_pretrained_learner", "IncompatibleArtifactError", "stack_versions"]
 from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassDataLoaders, HFTokenClassInput, HFTokenizeWords,
                                          HFWords, SeqevalMetric, TokenCategorize, TokenCategoryBlock, align_word_labels,
                                          entity_f1, entity_precision, entity_recall, read_conll, token_accuracy,

@@ -19,8 +19,9 @@ from pathlib import Path
 
 __all__ = ["main", "read_data", "run_demo"]
 
-TASKS = ("classification", "token-classification", "masked-lm")
-_READERS = {".csv": ",", ".tsv": "\t"}
+DEFAULT_TASK = "classification"  # the documented default of `blurlite train --task`
+_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+_TABLES = (".csv", ".tsv", ".jsonl", ".json")  # every task reads these; a task adds its own (`HFTask.readers`)
 
 
 class CommandError(Exception):
@@ -33,29 +34,31 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def read_data(path, task: str = "classification"):
-    """A DataFrame from a CSV, TSV, JSON Lines, CoNLL (`token<TAB>tag`) or plain text (one text per line) file."""
+def read_data(path, task=None):
+    """The training data in `path` and the options its format asks of the task's `from_df`, as `(df, options)`.
+
+    CSV, TSV and JSON Lines files for every task; `task` (an `HFTask`) adds its own formats (`HFTask.readers`),
+    e.g. CoNLL for token classification or lines of text for masked LM.
+    """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise CommandError(f"no data file at {str(path)!r}")
     suffix = path.suffix.lower()
+    readers = dict(getattr(task, "readers", None) or {})
     try:
-        if suffix in _READERS:
-            return pd.read_csv(path, sep=_READERS[suffix])
+        if suffix in readers:
+            return readers[suffix](path)
+        if suffix in _SEPARATORS:
+            return pd.read_csv(path, sep=_SEPARATORS[suffix]), {}
         if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl")
-        if suffix in (".conll", ".bio", ".iob"):
-            from .tasks.token_classification import read_conll
-
-            return read_conll(path)
-        if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return pd.DataFrame({"text": [line for line in lines if line.strip()]})
+            return pd.read_json(path, lines=suffix == ".jsonl"), {}
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
         raise CommandError(f"cannot read {str(path)!r}: {str(e).splitlines()[0]}") from e
-    raise CommandError(f"{str(path)!r}: unknown file type {suffix!r}; use .csv, .tsv, .jsonl, .conll or .txt")
+    known = ", ".join((*_TABLES, *readers))
+    name = f" for task {task.name}" if task is not None else ""
+    raise CommandError(f"{str(path)!r}: unknown file type {suffix!r}{name}; use {known}")
 
 
 def _world_size() -> int:
@@ -163,13 +166,14 @@ def train(args) -> None:
         return run_demo(argparse.Namespace(out=args.out or "blurlite-demo", model=None, epochs=args.epochs,
                                            lr=args.lr, bs=args.bs))
     task = get_task(args.task)
-    df = read_data(args.data, task.name)
+    df, options = read_data(args.data, task)
     set_seed(args.seed)  # the same on every rank: the same split and the same new head (DDP also broadcasts it)
-    kwargs = dict(text_col=args.text_col, label_col=args.label_col, valid_col=args.valid_col,
-                  valid_pct=args.valid_pct, bs=args.bs, max_length=args.max_length, seed=args.seed)
-    if task.name == "fill-mask" and Path(args.data).suffix.lower() == ".txt":
-        kwargs["group"] = True  # lines of a text file: grouped into max_length chunks
-    dls = task.from_df(df, args.model or _default_model(), **{k: v for k, v in kwargs.items() if v is not None})
+    text_col, label_col = task.columns
+    kwargs = dict(text_col=args.text_col or text_col, label_col=args.label_col or label_col,
+                  valid_col=args.valid_col, valid_pct=args.valid_pct, bs=args.bs, max_length=args.max_length,
+                  seed=args.seed)
+    kwargs = {**{k: v for k, v in kwargs.items() if v is not None}, **options}
+    dls = task.from_df(df, args.model or _default_model(), **kwargs)
     learn = hf_learner(dls)
     processes = _world_size()
     on = f" on {processes} processes" if processes > 1 else ""
@@ -184,7 +188,7 @@ def train(args) -> None:
 
 
 def predict(args) -> None:
-    from .serialization import load_pretrained_learner
+    from .loading import load_pretrained_learner
     from .tasks import get_task
 
     texts = list(args.texts)
@@ -210,33 +214,49 @@ def run_demo(args) -> dict:
     return demo(out=args.out, model=args.model or _default_model(), epochs=args.epochs, lr=args.lr, bs=args.bs)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _tasks_help() -> str:
+    "The registered tasks, their columns and file types, for `train --help` (imports the registry)."
+    from .tasks import registered_tasks
+
+    lines = []
+    for task in registered_tasks():
+        text_col, label_col = task.columns
+        files = ", ".join((*_TABLES, *task.readers))
+        lines.append(f"{task.display_name}: {task.description} [columns: --text-col {text_col}"
+                     + (f", --label-col {label_col}" if label_col else "") + f"; files: {files}]")
+    return "; ".join(lines)
+
+
+def _parser(with_tasks: bool = False) -> argparse.ArgumentParser:
+    "The argument parser; `with_tasks` puts the registered tasks into `train --help` (only asked for with --help)."
     parser = _Parser(prog="blurlite", description="Fine-tune and ship Hugging Face transformers the fastai way.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="fine-tune on a data file and save a pickle-free artifact")
-    t.add_argument("--task", default="classification", help=f"one of {', '.join(TASKS)}")
-    t.add_argument("--data", help="CSV, TSV, JSONL; CoNLL for token classification; .txt (lines) for masked-lm")
-    t.add_argument("--text-col", help="text column (token classification: the words column; default words)")
-    t.add_argument("--label-col", help="label column (token classification: the tags column; default tags)")
+    t = sub.add_parser("train", help="fine-tune on a data file and save a pickle-free artifact",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tasks = _tasks_help() if with_tasks else "see blurlite train --help"
+    t.add_argument("--task", default=DEFAULT_TASK, help=f"a registered task or alias: {tasks}")
+    t.add_argument("--data", help="CSV, TSV or JSONL; a task may read more formats (see --task)")
+    t.add_argument("--text-col", help="text column (default: the task's, see --task)")
+    t.add_argument("--label-col", help="label column (default: the task's, see --task)")
     split = t.add_mutually_exclusive_group()
     split.add_argument("--valid-col", help="True/False column marking validation rows")
     split.add_argument("--valid-pct", type=float, help="fraction of rows to validate on (default 0.2; 0.1 for MLM)")
     t.add_argument("--model", help="checkpoint directory or name (default: the demo extra's all-MiniLM-L6-v2)")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--bs", type=int, default=16)
+    t.add_argument("--epochs", type=int, default=1, help="epochs of fit_one_cycle")
+    t.add_argument("--lr", type=float, default=1e-4, help="maximum learning rate of fit_one_cycle")
+    t.add_argument("--bs", type=int, default=16, help="batch size (per process)")
     t.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's max)")
     t.add_argument("--num-processes", type=int, metavar="N",
                    help="train on N processes of this machine, data parallel: each step, each process takes "
                         "its own batch of --bs items (N x bs in all). blurlite starts them with torch's launcher "
                         "(torchrun). Default 1; under torchrun (torchrun --nproc_per_node N -m blurlite train "
                         "...), the launcher's count")
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--seed", type=int, default=42, help="seed of the split and of the new head")
     t.add_argument("--out", help="output directory (default blurlite-model)")
     t.set_defaults(func=train)
     p = sub.add_parser("predict", help="print one JSON result per text, as the matching HF pipeline would")
     p.add_argument("model_dir", help="a directory written by blurlite train / learn.save_pretrained")
-    p.add_argument("texts", nargs="*", help="texts (a mask token in each for masked-lm)")
+    p.add_argument("texts", nargs="*", help="texts, as the task's pipeline takes them (e.g. with the mask token)")
     p.add_argument("--file", help="a file with one text per line")
     p.set_defaults(func=predict)
     d = sub.add_parser("demo", help="the whole job on the embedded topic set: train, evaluate, save, reload, predict")
@@ -266,7 +286,7 @@ def main(argv=None) -> int:
     "Entry point of the `blurlite` console script."
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _parser(with_tasks=bool({"-h", "--help"} & set(argv))).parse_args(argv)
     for name in ("epochs", "bs", "num_processes"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"blurlite: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)

@@ -22,12 +22,10 @@ from torch.nn.utils.rnn import pad_sequence
 from .checks import check_batch_size, check_columns, describe_item, is_missing, plain
 from .fastai_compat import support_mapping_batches
 
-__all__ = ["IGNORE_INDEX", "NON_MODEL_KEYS", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
+__all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
            "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
-# batch keys blurlite keeps for itself (alignment, decoding); they are not passed to the model
-NON_MODEL_KEYS = frozenset({"word_ids", "n_words", "offset_mapping", "special_tokens_mask"})
 _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
 
 
@@ -62,12 +60,12 @@ def model_max_length(hf_config, hf_tokenizer, hf_model=None) -> int | None:
 
 
 def tokenizer_pad_values(hf_tokenizer) -> dict[str, int]:
-    "The value that pads each tokenizer output key."
+    "The value that pads each tokenizer output key a text block asks for (a task adds its own keys' values)."
     if hf_tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set one first, e.g. "
                          "hf_tokenizer.pad_token = hf_tokenizer.eos_token")
     return {"input_ids": hf_tokenizer.pad_token_id, "token_type_ids": hf_tokenizer.pad_token_type_id,
-            "attention_mask": 0, "special_tokens_mask": 1}
+            "attention_mask": 0}
 
 
 def _text_key(x, where=lambda: "input") -> str | tuple[str, str]:
@@ -312,7 +310,7 @@ class HFTextBlock(TransformBlock):
     tokenize_cls = HFTokenize
 
     def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, max_length: int | None = None, padding=True,
-                 truncation=True, tok_kwargs: dict | None = None):
+                 truncation=True, tok_kwargs: dict | None = None, pad_values: dict | None = None):
         limit = model_max_length(hf_config, hf_tokenizer, hf_model)
         if max_length is None or (limit is not None and max_length > limit):
             max_length = limit
@@ -321,6 +319,8 @@ class HFTextBlock(TransformBlock):
         self.max_length = max_length
         tokenize = self.tokenize_cls(hf_tokenizer, max_length=max_length, truncation=truncation,
                                      tok_kwargs=tok_kwargs)
-        dls_kwargs = dict(pad_values=tokenizer_pad_values(hf_tokenizer), padding_side=hf_tokenizer.padding_side,
+        # `pad_values`: what pads the keys a task's transforms add (e.g. word ids), beyond the tokenizer's
+        dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **(pad_values or {})},
+                          padding_side=hf_tokenizer.padding_side,
                           pad_to=max_length if padding == "max_length" else None)
         super().__init__(type_tfms=[tokenize], dl_type=HFSortedDL, dls_kwargs=dls_kwargs)

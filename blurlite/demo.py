@@ -57,7 +57,7 @@ def demo(out="blurlite-demo", model=None, epochs: int = 2, lr: float = 2e-4, bs:
     from transformers import pipeline
 
     from .learner import hf_learner
-    from .serialization import load_pretrained_learner
+    from .loading import load_pretrained_learner
     from .tasks.sequence_classification import HFTextDataLoaders
 
     start, out = time.perf_counter(), Path(out)

@@ -1,4 +1,6 @@
-"""The one place where blurlite extends fastai: batches whose input is a dict of tensors.
+"""The one change blurlite makes to fastai's own code paths: batches whose input is a dict of tensors.
+
+Everything else extends fastai without changing it (subclasses such as `HFLearner`, callbacks, new methods).
 
 fastai walks batches with helpers that know tensors, tuples and lists. Hugging Face models take a dict, so
 `Learner.get_preds(with_input=True)` (used by `predict`, `Interpretation`, ...) fails in `nested_reorder` with

@@ -1,20 +1,27 @@
 """Run Hugging Face models in a fastai `Learner`: model wrapper, callback, splitter and `hf_learner`."""
 from __future__ import annotations
 
+import inspect
+import pickle
+
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+import fastai.callback.schedule  # noqa: F401  (defines Learner.lr_find, which HFLearner extends)
+from fastai.distributed import DistributedTrainer
 from fastai.learner import Learner
-from fastai.torch_core import num_distrib
+from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import patch
 from fastcore.foundation import L
 from torch import nn
 
-from .data import NON_MODEL_KEYS
+from . import serialization  # noqa: F401  (defines Learner.save_pretrained, which every blurlite learner has)
+from .distributed import HFDistributedTrainer, export_on_rank0
 from .fastai_compat import support_mapping_batches
-from .tasks import load_builtin_tasks, task_for
+from .tasks import load_builtin_tasks, logits_as_pred, targets_as_labels, task_for
 from .versions import check_versions, stack_versions
 
-__all__ = ["HFModelWrapper", "HFModelCallback", "hf_splitter", "hf_learner"]
+__all__ = ["HFModelWrapper", "HFModelCallback", "HFLearner", "hf_splitter", "hf_learner"]
 
 
 # a learner loaded from an export must find its task's methods (`hf_predict`, ...) patched onto `Learner`
@@ -22,22 +29,30 @@ load_builtin_tasks()
 
 
 class HFModelWrapper(nn.Module):
-    "An `nn.Module` whose forward takes the dict batch: `forward(x)` returns `hf_model(**x)` (blurlite's own keys left out)."
+    """An `nn.Module` whose forward takes the dict batch: `forward(x)` returns `hf_model(**x)`.
 
-    def __init__(self, hf_model: nn.Module):
+    `non_model_keys`: batch keys that are not model inputs (a task's own, such as word ids), left out; `hf_learner`
+    passes the task's. With None, as the HF `Trainer` does, only the keys the model's `forward` names are passed.
+    """
+
+    def __init__(self, hf_model: nn.Module, non_model_keys=None):
         super().__init__()
         self.hf_model = hf_model
+        self.non_model_keys = None if non_model_keys is None else frozenset(non_model_keys)
+        self._forward_keys = None
+
+    def model_inputs(self, x: dict) -> dict:
+        "The entries of batch `x` that go to the model."
+        if self.non_model_keys is not None:
+            return {k: v for k, v in x.items() if k not in self.non_model_keys}
+        if self._forward_keys is None:
+            params = inspect.signature(self.hf_model.forward).parameters.values()
+            named = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            self._forward_keys = frozenset(named) if named else None
+        return x if self._forward_keys is None else {k: v for k, v in x.items() if k in self._forward_keys}
 
     def forward(self, x: dict):
-        return self.hf_model(**{k: v for k, v in x.items() if k not in NON_MODEL_KEYS})
-
-
-def _support_distributed_if_launched() -> None:
-    "In a process launched as one of several (torchrun), install blurlite's fixes to fastai's distributed path."
-    if num_distrib() > 1:
-        from .distributed import support_distributed
-
-        support_distributed()
+        return self.hf_model(**self.model_inputs(x))
 
 
 def _plain(t):
@@ -48,15 +63,17 @@ def _plain(t):
 class HFModelCallback(Callback):
     """Translate between fastai and a Hugging Face model.
 
-    Logits go to fastai's loss and metrics; the model's `ModelOutput` stays reachable as `learn.hf_outputs`.
-    With `use_hf_loss=True` the targets are passed to the model as `labels` and its own loss is optimised.
+    `pred_from_outputs` turns the model's `ModelOutput` into fastai's `pred` (default: its logits), for the loss and
+    metrics; the `ModelOutput` stays reachable as `learn.hf_outputs`. With `use_hf_loss=True`, `model_targets`
+    passes the targets to the model (default: as `labels`) and its own loss is optimised. `hf_learner` passes the
+    task's.
     """
     order = -5  # before metrics and the recorder read `pred`
 
-    def __init__(self, use_hf_loss: bool = False):
+    def __init__(self, use_hf_loss: bool = False, pred_from_outputs=logits_as_pred, model_targets=targets_as_labels):
         support_mapping_batches()
-        _support_distributed_if_launched()
         self.use_hf_loss, self.model_outputs = use_hf_loss, None
+        self.pred_from_outputs, self.model_targets = pred_from_outputs, model_targets
 
     def __getstate__(self):
         # the last batch's outputs are not part of a saved learner; the versions it was written with are
@@ -65,17 +82,17 @@ class HFModelCallback(Callback):
     def __setstate__(self, state):
         # `load_learner` of an export from incompatible versions: a clear error, not a subtly wrong model
         check_versions(state.get("versions", {}), "this exported learner", pickled=True)
-        _support_distributed_if_launched()
-        self.__dict__.update(state)
+        support_mapping_batches()
+        self.__dict__.update({"pred_from_outputs": logits_as_pred, "model_targets": targets_as_labels, **state})
 
     def before_batch(self):
         if self.use_hf_loss and len(self.yb):
-            self.learn.xb = ({**self.xb[0], "labels": _plain(self.yb[0])},)
+            targets = {k: _plain(v) for k, v in self.model_targets(self.yb).items()}
+            self.learn.xb = ({**self.xb[0], **targets},)
 
     def after_pred(self):
         self.model_outputs = self.pred
-        logits = getattr(self.pred, "logits", None)
-        self.learn.pred = logits if logits is not None else self.pred[0]
+        self.learn.pred = self.pred_from_outputs(self.pred)
 
     def after_loss(self):
         loss = getattr(self.model_outputs, "loss", None)
@@ -121,9 +138,41 @@ def hf_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     return [g for g in groups if g]
 
 
+class HFLearner(Learner):
+    """fastai's `Learner`, for blurlite: what fastai does in one process is unchanged.
+
+    A subclass, so that fastai's own classes keep their methods for every other learner in the process. Under
+    `distrib_ctx` with several processes it uses `HFDistributedTrainer` (CPU and GPU, exact validation,
+    length-bucketed batches per rank), `export` writes once from rank 0, and `lr_find` refuses to run.
+    """
+
+    def to_distributed(self, sync_bn=True, **kwargs):
+        "fastai's `to_distributed`, with blurlite's `HFDistributedTrainer`."
+        self.add_cb(HFDistributedTrainer(sync_bn, **kwargs))
+        if rank_distrib():
+            self.remove_cb(ProgressCallback)
+        return self
+
+    def export(self, fname="export.pkl", pickle_module=pickle, pickle_protocol=2):
+        "fastai's `export`; in a distributed run rank 0 writes it, from the unwrapped model, and every rank waits."
+        if num_distrib() <= 1:
+            return super().export(fname, pickle_module=pickle_module, pickle_protocol=pickle_protocol)
+        return export_on_rank0(self, lambda f: super(HFLearner, self).export(
+            f, pickle_module=pickle_module, pickle_protocol=pickle_protocol), fname)
+
+    def lr_find(self, *args, **kwargs):
+        "fastai's `lr_find`; raises at once inside `distrib_ctx` with several processes, where it would hang."
+        if num_distrib() > 1 and any(isinstance(cb, DistributedTrainer) for cb in self.cbs):
+            raise RuntimeError("lr_find does not work in a distributed run (fastai 2.8: every process saves and "
+                               "reloads its own weights, and they wait on each other forever): run it in one "
+                               "process (`python script.py`), then launch the training with the lr it suggests")
+        return super().lr_find(*args, **kwargs)
+
+
 def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=None, cbs=None,
                splitter=hf_splitter, use_hf_loss: bool = False, **learner_kwargs) -> Learner:
-    """A fastai `Learner` for `hf_model` on blurlite `dls`, with the task's loss, metrics and callbacks by default.
+    """A fastai `Learner` (an `HFLearner`) for `hf_model` on blurlite `dls`, with the task's loss, metrics and
+    callbacks by default.
 
     Example: `learn = hf_learner(dls, hf_model); learn.fit_one_cycle(1, 1e-4)`. `hf_model` defaults to the model
     `HFTextDataLoaders.from_df` loaded, when it was given a checkpoint.
@@ -136,9 +185,6 @@ def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=N
     task.prepare_model(dls, hf_model)
     loss_func = task.default_loss(dls) if loss_func is None else loss_func
     metrics = task.default_metrics(dls) if metrics is None else metrics
-    cbs = [HFModelCallback(use_hf_loss=use_hf_loss)] + task.default_cbs(dls) + list(L(cbs))
-    return Learner(dls, HFModelWrapper(hf_model), loss_func=loss_func, metrics=metrics, cbs=cbs,
-                   splitter=splitter, **learner_kwargs)
-
-
-from . import serialization  # noqa: E402,F401  (patches Learner.save_pretrained; needs hf_learner, defined above)
+    cbs = [HFModelCallback(use_hf_loss, task.pred_from_outputs, task.model_targets), *task.default_cbs(dls), *L(cbs)]
+    return HFLearner(dls, HFModelWrapper(hf_model, task.non_model_keys), loss_func=loss_func, metrics=metrics,
+                     cbs=cbs, splitter=splitter, **learner_kwargs)

@@ -17,12 +17,11 @@ from fastai.learner import Learner
 from fastcore.basics import patch
 
 from .data import find_hf_transform
-from .hf_objects import get_hf_objects
-from .learner import hf_learner
-from .tasks import get_task, task_for
+from .ranks import run_on_rank0, world_size
+from .tasks import task_for
 from .versions import IncompatibleArtifactError, check_versions, stack_versions
 
-__all__ = ["SETTINGS_FILE", "FORMAT_VERSION", "save_pretrained", "load_pretrained_learner", "block_settings"]
+__all__ = ["SETTINGS_FILE", "FORMAT_VERSION", "save_pretrained", "read_settings", "block_settings"]
 
 SETTINGS_FILE = "blurlite.json"
 FORMAT_VERSION = 1
@@ -70,9 +69,16 @@ def save_pretrained(self: Learner, path) -> Path:
     `transformers.pipeline(task, model=path)` load it. Returns `path`.
 
     The tokenizer is saved with `model_max_length` set to the block's `max_length`, so that pipelines truncate
-    as the learner does. `blurlite.json` is written last: a directory without it is an unfinished save.
+    as the learner does. `blurlite.json` is written last: a directory without it is an unfinished save. In a
+    distributed run rank 0 writes, and every rank returns once the directory is complete.
     """
-    path = Path(path)
+    if world_size() > 1:
+        run_on_rank0(lambda: _save_pretrained(self, Path(path)), "save_pretrained")
+        return Path(path)
+    return _save_pretrained(self, Path(path))
+
+
+def _save_pretrained(self: Learner, path: Path) -> Path:
     task = task_for(self.dls)
     hf_model, tokenizer = _unwrapped_hf_model(self), find_hf_transform(self.dls).hf_tokenizer
     task.prepare_model(self.dls, hf_model)  # labels into the config
@@ -93,7 +99,7 @@ def save_pretrained(self: Learner, path) -> Path:
     return path
 
 
-def _read_settings(path: Path) -> dict:
+def read_settings(path: Path) -> dict:
     "`blurlite.json` of `path`, after checking the format, the versions and every file's checksum."
     if not path.is_dir():
         raise FileNotFoundError(f"no directory at {str(path)!r}: pass the directory learn.save_pretrained wrote")
@@ -117,21 +123,3 @@ def _read_settings(path: Path) -> dict:
             raise ValueError(f"{path / name} is truncated or corrupted (its checksum differs from the one saved); "
                              "copy it again or save the learner again")
     return settings
-
-
-def load_pretrained_learner(path, cpu: bool = True) -> Learner:
-    """An inference-ready `Learner` from a `save_pretrained` directory; nothing is unpickled.
-
-    Example: `learn = load_pretrained_learner("my-model"); learn.predict("a text")`
-    """
-    path = Path(path)
-    settings = _read_settings(path)
-    task = get_task(settings["task"])
-    hf_objects = get_hf_objects(str(path), model_cls=task.auto_model, model_kwargs={"use_safetensors": True})
-    dls = task.inference_dls(hf_objects, settings["block"], settings["task_settings"], settings.get("bs", 16))
-    learn = hf_learner(dls, hf_objects.hf_model)
-    if cpu:
-        learn.dls.cpu()
-        learn.model.cpu()
-    learn.model.eval()
-    return learn

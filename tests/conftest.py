@@ -86,3 +86,65 @@ def shown(monkeypatch):
     frames = []
     monkeypatch.setattr(sc, "display_df", frames.append)
     return frames
+
+
+def fastai_class_attributes() -> dict:
+    """Every attribute of every class defined in fastai (and fasttransform), by identity: a snapshot to compare.
+
+    blurlite must leave fastai's classes as they are (it extends them by subclassing), so that other learners in
+    the same process behave exactly as without blurlite.
+    """
+    import sys
+
+    snapshot = {}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(("fastai.", "fasttransform")) or module is None:
+            continue
+        for cls_name, cls in list(vars(module).items()):
+            if isinstance(cls, type) and cls.__module__ == name:
+                snapshot[f"{name}.{cls_name}"] = {k: id(v) for k, v in vars(cls).items()}
+    return snapshot
+
+
+def changed_attributes(before: dict, after: dict) -> list[str]:
+    "The class attributes that differ between two `fastai_class_attributes` snapshots (classes in both)."
+    # `__slotnames__`: a cache that pickling (copyreg) writes on any class it pickles, fastai's or not
+    return sorted(f"{cls}.{k}" for cls in before.keys() & after.keys()
+                  for k in before[cls].keys() | after[cls].keys()
+                  if before[cls].get(k) != after[cls].get(k) and k != "__slotnames__")
+
+
+def ner_frame(reviews):
+    "Word lists tagged POS/NEG by sentiment word, from the review texts."
+    words = [t.split() for t in reviews.text]
+    tags = [["B-POS" if w in POSITIVE else "B-NEG" if w in NEGATIVE else "O" for w in ws] for ws in words]
+    return pd.DataFrame({"words": words, "tags": tags, "is_valid": reviews.is_valid})
+
+
+def regression_frame(reviews):
+    "Reviews scored by sentiment (1 positive, 0 negative), plus a little for length: a float `label`."
+    score = (reviews.label == "positive").astype(float) + reviews.text.str.split().str.len() / 50
+    return pd.DataFrame({"text": reviews.text, "label": score, "is_valid": reviews.is_valid})
+
+
+# One example per registered task, for the contract tests (a new task adds its own): the training frame (columns as
+# the task's `from_df` defaults), the inputs of `predict_json`, and how the task's pipeline is called on them.
+TASK_EXAMPLES = {
+    "text-classification": dict(frame=lambda n: make_reviews(n), texts=["good movie and great actor", "a film",
+                                                                         "the plot was boring and bad"],
+                                pipeline_kwargs={}),
+    "text-regression": dict(frame=lambda n: regression_frame(make_reviews(n)),
+                            texts=["good movie and great actor", "a film", "the plot was boring and bad"],
+                            pipeline_kwargs={"function_to_apply": "none"}),
+    "token-classification": dict(frame=lambda n: ner_frame(make_reviews(n)),
+                                 texts=["good movie and great actor", "the plot was boring and bad"],
+                                 pipeline_kwargs={"aggregation_strategy": "simple"}),
+    "fill-mask": dict(frame=lambda n: make_reviews(n)[["text", "is_valid"]],
+                      texts=["the movie was [MASK] .", "the [MASK] was very [MASK]"], pipeline_kwargs={}),
+}
+
+
+def task_example(task) -> dict:
+    "The contract tests' example for `task` (an `HFTask`); a clear failure for a task registered without one."
+    assert task.name in TASK_EXAMPLES, f"task {task.name!r} has no example: add one to TASK_EXAMPLES in conftest.py"
+    return TASK_EXAMPLES[task.name]

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     import pandas as pd
     import torch
     import transformers
-    from conftest import NEGATIVE, NEUTRAL, POSITIVE, make_reviews
+    from conftest import NEGATIVE, NEUTRAL, POSITIVE, changed_attributes, fastai_class_attributes, make_reviews
     from fastai.callback.core import Callback
     from fastai.callback.progress import CSVLogger
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
@@ -124,8 +124,9 @@ SCRIPT = textwrap.dedent("""
         return learn
 
 
+    fastai_before = fastai_class_attributes()
     set_seed(0)
-    # before the fixes are installed, as a user script would: accelerate's state is created without CPU mode
+    # before any blurlite learner exists, as a user script would: accelerate's state is created without CPU mode
     dls = rank0_first(HFTextDataLoaders.from_df, make_reviews(105), checkpoint, valid_col="is_valid", bs=8)
     run("sequence", hf_learner(dls))  # 21 validation items: not a multiple of 2
     set_seed(0)
@@ -141,6 +142,8 @@ SCRIPT = textwrap.dedent("""
     except Exception as e:
         error = type(e).__name__
     (out / f"failed-save-{rank}.json").write_text(json.dumps(error))
+    (out / f"fastai-changed-{rank}.json").write_text(json.dumps(changed_attributes(fastai_before,
+                                                                                 fastai_class_attributes())))
     # shut gloo down on both ranks together: a rank exiting while the other's gloo threads still run aborts
     import torch.distributed as dist
     dist.barrier()
@@ -190,6 +193,13 @@ def runs(tmp_path_factory):
                for name in TASKS}
     return tmp, results
 
+
+
+def test_fastai_classes_are_unchanged_by_distributed_blurlite_learners(runs):
+    "Three blurlite learners created, trained and exported under distrib_ctx on 2 ranks: no fastai class changed."
+    tmp, _ = runs
+    for rank in range(N_RANKS):
+        assert json.loads((tmp / f"fastai-changed-{rank}.json").read_text()) == []
 
 
 def test_cpu_mode_only_for_several_processes_without_cuda():
@@ -375,7 +385,7 @@ def test_the_same_script_runs_in_one_process(tiny_bert_dir, monkeypatch):
 
 
 def test_only_blurlite_learners_get_blurlite_loaders(tiny_bert_dir, monkeypatch):
-    "fastai's DistributedTrainer wraps a blurlite loader in HFDistributedDL for a blurlite learner only."
+    "Under distrib_ctx a blurlite learner gets HFDistributedTrainer (HFDistributedDL loaders); a plain learner fastai's."
     from types import SimpleNamespace
 
     from conftest import make_reviews
@@ -383,15 +393,23 @@ def test_only_blurlite_learners_get_blurlite_loaders(tiny_bert_dir, monkeypatch)
     from fastai.learner import Learner
 
     from blurlite.all import HFTextDataLoaders, hf_learner
-    from blurlite.distributed import HFDistributedDL, support_distributed
+    from blurlite.distributed import HFDistributedDL, HFDistributedTrainer
+
+    import fastai.distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    support_distributed()
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "0")  # restored afterwards: CPU mode sets it
+    monkeypatch.setattr(fastai.distributed, "Accelerator", lambda **kwargs: None)  # no process group here
     dls = HFTextDataLoaders.from_df(make_reviews(40), tiny_bert_dir, valid_col="is_valid", bs=8)
     blurlite_learn = hf_learner(dls)
-    plain_learn = Learner(dls, blurlite_learn.model, loss_func=blurlite_learn.loss_func)  # no HFModelCallback
-    for learn, expected in ((blurlite_learn, HFDistributedDL), (plain_learn, DistributedDL)):
-        learn.model.device = torch.device("cpu")  # fastai's wrap reads it (a DDP model has it)
-        wrapped = DistributedTrainer._wrap_dl(SimpleNamespace(learn=learn), dls.train)
+    plain_learn = Learner(dls, blurlite_learn.model, loss_func=blurlite_learn.loss_func)
+    added = []
+    for learn in (blurlite_learn, plain_learn):  # what distrib_ctx adds, without starting a process group
+        monkeypatch.setattr(learn, "add_cb", added.append, raising=False)
+        learn.to_distributed()
+    assert type(added[0]) is HFDistributedTrainer and type(added[1]) is DistributedTrainer
+    for trainer, expected in ((HFDistributedTrainer, HFDistributedDL), (DistributedTrainer, DistributedDL)):
+        blurlite_learn.model.device = torch.device("cpu")  # fastai's wrap reads it (a DDP model has it)
+        wrapped = trainer._wrap_dl(SimpleNamespace(learn=blurlite_learn), dls.train)
         assert type(wrapped) is expected

@@ -120,10 +120,16 @@ def test_hf_outputs_reachable_from_a_callback(tiny_objects, reviews):
 
 
 def test_hf_outputs_are_not_exported(tiny_objects, reviews, tmp_path):
+    from fastai.learner import load_learner
+
     learn = hf_learner(tiny_dls(reviews, tiny_objects), tiny_objects.hf_model)
     learn.validate()
     cb = next(cb for cb in learn.cbs if isinstance(cb, HFModelCallback))
-    assert cb.__getstate__()["model_outputs"] is None and cb.model_outputs is not None
+    assert cb.model_outputs is not None
+    learn.export(tmp_path / "export.pkl")
+    loaded = next(c for c in load_learner(tmp_path / "export.pkl").cbs if isinstance(c, HFModelCallback))
+    assert loaded.model_outputs is None and loaded.use_hf_loss is False
+    assert cb.model_outputs is not None  # exporting leaves the live learner's outputs alone
 
 
 def test_summary_walks_the_dict_batch(tiny_objects, reviews):
@@ -148,3 +154,15 @@ def test_learns_a_learnable_task(tiny_bert_dir):
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(10, 5e-3)
     assert learn.validate()[1] >= 0.9
+
+
+def test_the_wrapper_passes_the_model_only_its_inputs(tiny_objects):
+    "Explicit non-model keys are left out; without them, as the HF Trainer, only keys forward() names are passed."
+    batch = {"input_ids": torch.tensor([[2, 5, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+             "word_ids": torch.tensor([[-1, 0, -1]])}
+    model = tiny_objects.hf_model.eval()
+    expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for wrapper in (HFModelWrapper(model), HFModelWrapper(model, non_model_keys={"word_ids"})):
+        assert set(wrapper.model_inputs(batch)) == {"input_ids", "attention_mask"}
+        assert torch.equal(wrapper(batch).logits, expected)
+    assert "word_ids" in HFModelWrapper(model, non_model_keys=()).model_inputs(batch)  # declared none: all passed

@@ -346,3 +346,19 @@ def test_a_tokenizer_without_a_mask_token_is_refused(tmp_path):
     BertForMaskedLM(tiny_bert_config()).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="the tokenizer has no mask token"):
         HFMLMBlock(*get_hf_objects(tmp_path, model_cls=AutoModelForMaskedLM))
+
+
+def test_fill_mask_truncates_at_the_blocks_max_length_as_training_did(trained, tiny_mlm_dir):
+    "A text longer than max_length: the model sees its first max_length tokens, as in training; a mask past them errs."
+    short = hf_learner(mlm_dls(make_texts(), tiny_mlm_dir, max_length=8), trained.model.hf_model)
+    tokenizer = masked_lm.find_hf_transform(short.dls).hf_tokenizer
+    text = "the [MASK] was good and the film was very good and the actor was good"
+    assert len(tokenizer(text)["input_ids"]) > 8
+    pipe = pipeline("fill-mask", model=short.model.hf_model, tokenizer=tokenizer)
+    got = short.fill_mask(text, top_k=3)
+    expected = pipe(text, top_k=3, tokenizer_kwargs={"truncation": True, "max_length": 8})
+    assert strip_scores(got) == strip_scores(expected) and scores(got) == pytest.approx(scores(expected), abs=1e-4)
+    untruncated = pipe(text, top_k=3)
+    assert scores(got) != pytest.approx(scores(untruncated), abs=1e-6)  # the truncation changes the answer
+    with pytest.raises(ValueError, match=r"text 1: its mask token lies past max_length=8"):
+        short.fill_mask(["a [MASK]", "the film was very good and the actor was good [MASK]"])

@@ -34,12 +34,32 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
         shutil.copy(ROOT.parent / "shared" / "data" / name, tmp_path)
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
+        if "register_task(" in block:  # "Adding a task": run in a process of its own (below)
+            continue
         exec(compile(block, "README.md", "exec"), namespace)
         if "read_conll" in block:  # the NER example
             assert len(namespace["learn"].predict(["Flying", "to", "New", "York"])[0]) == 4
     assert (tmp_path / "classifier.pkl").exists()
     assert [r["token_str"] for r in namespace["learn"].fill_mask("the [MASK] of it", top_k=3)]  # MLM example ran
     assert (tmp_path / "mlm-model" / "model.safetensors").exists()
+
+
+def test_readme_adding_a_task_runs_a_task_defined_outside_the_package(tmp_path):
+    "The README's task of its own (in a fresh process, as a user's script): registered, trained, resolved."
+    import subprocess
+    import sys
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "register_task(" in b)
+    script = tmp_path / "my_task.py"
+    script.write_text(block + "\nprint('RESULT', learn.predict(tuple(dls.valid_ds.items.iloc[0][['first', 'second']]))[0],"
+                      " get_task('next-sentence').predict_json(learn, [('a', 'b')]))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    result = next(line for line in lines if line.startswith("next-sentence "))
+    valid_loss, accuracy = (float(v) for v in re.findall(r"[\d.]+", result.split("[", 1)[1]))
+    assert 0 <= accuracy <= 1 and valid_loss > 0
+    assert any(line.startswith("RESULT") and ("next" in line or "random" in line) for line in lines)
 
 
 def test_blurlite_all_shadows_no_fastai_name():

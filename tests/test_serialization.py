@@ -6,46 +6,44 @@ import subprocess
 import sys
 import textwrap
 
-import pandas as pd
 import pytest
 import torch
-from conftest import make_reviews
+from conftest import make_reviews, ner_frame, task_example
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.learner import load_learner
 from fastai.torch_core import set_seed
 from transformers import pipeline
 
 import blurlite.learner
+from fastai.data.block import RegressionBlock
+
 from blurlite.all import (HFMLMDataLoaders, HFTextDataLoaders, HFTokenClassDataLoaders, IncompatibleArtifactError,
-                          get_task, hf_learner, load_pretrained_learner, task_for)
+                          get_task, hf_learner, load_pretrained_learner, registered_tasks, task_for)
 from blurlite.serialization import SETTINGS_FILE
 
 TEXTS = ["good movie and great actor", "the plot was boring and bad", "a film"]
-MLM_TEXTS = ["the movie was [MASK] .", "the [MASK] was very [MASK]"]
-
-
-def ner_frame(reviews):
-    "Word lists tagged POS/NEG by sentiment word, from the review texts."
-    from conftest import NEGATIVE, POSITIVE
-
-    words = [t.split() for t in reviews.text]
-    tags = [["B-POS" if w in POSITIVE else "B-NEG" if w in NEGATIVE else "O" for w in ws] for ws in words]
-    return pd.DataFrame({"words": words, "tags": tags, "is_valid": reviews.is_valid})
 
 
 def build(kind, path):
+    "A trained learner of a registered task (through the task's own `from_df`, on its example), or of a variant."
     reviews = make_reviews(80)
-    if kind == "classification":
-        dls = HFTextDataLoaders.from_df(reviews, path, valid_col="is_valid", bs=8, max_length=24)
+    if kind in {t.name for t in registered_tasks()}:
+        task = get_task(kind)
+        dls = task.from_df(task_example(task)["frame"](80), path, valid_col="is_valid", bs=8, max_length=24, seed=0)
     elif kind == "pairs":
         reviews["other"] = reviews.text.str.upper().str.lower().str[::-1].str.split().str.join(" ")
         dls = HFTextDataLoaders.from_df(reviews, path, text_col=["text", "other"], valid_col="is_valid", bs=8)
     elif kind == "multi-label":
         reviews["tags"] = reviews.label + ";" + reviews.text.str.contains("plot").map({True: "plot", False: "none"})
         dls = HFTextDataLoaders.from_df(reviews, path, label_col="tags", label_delim=";", valid_col="is_valid", bs=8)
-    elif kind == "token-classification":
+    elif kind == "regression-pairs":
+        reviews["other"] = reviews.text.str[::-1]
+        reviews["a"], reviews["b"] = (reviews.label == "positive").astype(float), reviews.text.str.len() / 10.0
+        dls = HFTextDataLoaders.from_df(reviews, path, text_col=["text", "other"], label_col=["a", "b"],
+                                        y_block=RegressionBlock(), valid_col="is_valid", bs=8)
+    elif kind == "token-classification-all":
         dls = HFTokenClassDataLoaders.from_df(ner_frame(reviews), path, valid_col="is_valid", bs=8, labeling="all")
-    else:
+    else:  # "fill-mask-whole-word"
         dls = HFMLMDataLoaders.from_df(reviews, path, valid_col="is_valid", bs=8, whole_word=True, max_length=20)
     set_seed(0)
     learn = hf_learner(dls)
@@ -55,9 +53,9 @@ def build(kind, path):
 
 
 def outputs(learn) -> dict:
-    "What a user asks of the learner: fastai's predict where the task has it, and the pipeline-style answer."
+    "What a user asks of the learner: the pipeline-style answer, and fastai's predict (masked LM has none)."
     task = task_for(learn.dls)
-    texts = MLM_TEXTS if task.name == "fill-mask" else TEXTS
+    texts = task_example(task)["texts"]
     out = {"json": task.predict_json(learn, texts)}
     if task.name != "fill-mask":
         with learn.no_bar():
@@ -76,12 +74,14 @@ def same(a, b, tol=1e-4):
     return a == b or str(a) == str(b)
 
 
-KINDS = ["classification", "pairs", "multi-label", "token-classification", "fill-mask"]
-TASK_OF = {"pairs": "classification", "multi-label": "classification"}
+VARIANTS = {"pairs": "text-classification", "multi-label": "text-classification",
+            "regression-pairs": "text-regression", "token-classification-all": "token-classification",
+            "fill-mask-whole-word": "fill-mask"}
+KINDS = [t.name for t in registered_tasks()] + list(VARIANTS)
 
 
 def task_of(kind):
-    return get_task(TASK_OF.get(kind, kind))
+    return get_task(VARIANTS.get(kind, kind))
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -91,10 +91,9 @@ def saved(request, tiny_bert_dir, tmp_path_factory):
     return request.param, learn, path
 
 
-def test_every_registered_task_is_covered():
-    from blurlite.tasks import _TASKS
-
-    assert {task_of(k).name for k in KINDS} == set(_TASKS)
+def test_every_registered_task_has_an_example():
+    for task in registered_tasks():
+        assert task_example(task)["texts"]
 
 
 def test_the_artifact_is_safetensors_tokenizer_config_and_json(saved):
@@ -106,8 +105,10 @@ def test_the_artifact_is_safetensors_tokenizer_config_and_json(saved):
     assert settings["task"] == task_of(kind).name and set(settings["versions"]) >= {"blurlite", "fastai",
                                                                                      "transformers", "torch"}
     config = json.loads((path / "config.json").read_text())
-    if kind != "fill-mask":
+    if task_of(kind).name in ("text-classification", "token-classification"):
         assert list(config["id2label"].values()) == [str(v) for v in learn.dls.vocab]
+    if task_of(kind).name == "text-regression":
+        assert config["problem_type"] == "regression" and len(config["id2label"]) == learn.dls.c
 
 
 def test_load_pretrained_learner_unpickles_nothing_and_predicts_the_same(saved, monkeypatch):
@@ -126,11 +127,12 @@ def test_load_pretrained_learner_unpickles_nothing_and_predicts_the_same(saved, 
 def test_transformers_pipeline_loads_the_artifact_and_agrees(saved):
     kind, learn, path = saved
     task = task_of(kind)
-    pipe = pipeline(task.name, model=str(path))
-    texts = MLM_TEXTS if kind == "fill-mask" else TEXTS
-    got = [pipe(t, aggregation_strategy="simple") for t in texts] if task.name == "token-classification" else \
-        pipe(texts)
-    assert same(got, task.predict_json(learn, texts))
+    example = task_example(task)
+    pipe = pipeline(task.pipeline, model=str(path))
+    got = [pipe(t, **example["pipeline_kwargs"]) for t in example["texts"]]
+    if task.pipeline == "text-classification":  # one text: a one-element list
+        got = [g[0] for g in got]
+    assert same(got, task.predict_json(learn, example["texts"]))
 
 
 def test_save_pretrained_then_export_of_the_loaded_learner_round_trips(saved, tmp_path):
@@ -143,7 +145,7 @@ def test_save_pretrained_then_export_of_the_loaded_learner_round_trips(saved, tm
 # damaged or incompatible artifacts
 @pytest.fixture
 def artifact(tiny_bert_dir, tmp_path):
-    learn = build("classification", tiny_bert_dir)
+    learn = build("text-classification", tiny_bert_dir)
     return learn.save_pretrained(tmp_path / "artifact")
 
 
@@ -183,7 +185,7 @@ def test_artifacts_from_incompatible_versions_are_refused(artifact, change, mess
 
 
 def test_exports_record_versions_and_refuse_incompatible_ones(tiny_bert_dir, tmp_path, monkeypatch):
-    learn = build("classification", tiny_bert_dir)
+    learn = build("text-classification", tiny_bert_dir)
     learn.export(tmp_path / "ok.pkl")
     assert load_learner(tmp_path / "ok.pkl").cbs[-1] is not None
     monkeypatch.setattr(blurlite.learner, "stack_versions",

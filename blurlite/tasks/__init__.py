@@ -1,16 +1,25 @@
-"""Task registry: a task module describes itself with an `HFTask` and registers it; the core only asks."""
+"""Task registry: a task module describes itself with an `HFTask` and registers it; the core only asks.
+
+The core (data, learner, saving, command line) never names a task: whatever differs between tasks is a field of
+`HFTask`, checked when the task is registered. A task defined outside blurlite registers the same way (see the
+README, "Adding a task").
+"""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Callable, get_type_hints
 
-__all__ = ["HFTask", "register_task", "get_task", "task_for", "load_builtin_tasks", "set_model_labels",
-           "pipeline_in_length_order"]
+from ..data import HFTextInput, find_hf_transform
+
+__all__ = ["HFTask", "register_task", "get_task", "registered_tasks", "task_for", "load_builtin_tasks",
+           "set_model_labels", "pipeline_in_length_order", "logits_as_pred", "targets_as_labels"]
 
 _TASKS: dict[str, "HFTask"] = {}
 _BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification",
-                         "blurlite.tasks.masked_lm")
+                         "blurlite.tasks.masked_lm", "blurlite.tasks.regression")
 
 
 def _no_change(dls, hf_model) -> None:
@@ -21,42 +30,122 @@ def _no_callbacks(dls) -> list:
     return []
 
 
-def _no_settings(dls) -> dict:
-    return {}
+def logits_as_pred(outputs):
+    "fastai's `pred` from a model's `ModelOutput`: its `logits` (else its first field)."
+    logits = getattr(outputs, "logits", None)
+    return logits if logits is not None else outputs[0]
+
+
+def targets_as_labels(yb: tuple) -> dict:
+    "The model inputs that carry fastai's targets `yb` to the model's own loss: `labels`, HF's convention."
+    return {"labels": yb[0]}
 
 
 @dataclass(frozen=True)
 class HFTask:
-    "What the core needs to know about a task: its input type, model class, loss, metrics and model set-up."
-    name: str  # HF pipeline id, e.g. "text-classification"
-    input_type: type  # the input type its data block produces
-    auto_model: type  # AutoModelFor...
+    """Everything the core, saving and the command line need to know about a task.
+
+    Required: its name (the id `blurlite.json` and `--task` use), the input type its data block produces, the
+    `AutoModelFor...` class, the default loss and metrics, the settings `save_pretrained` writes and the data-free
+    `DataLoaders` `load_pretrained_learner` rebuilds from them, the command line's `from_df` and `predict_json`.
+    The rest has defaults that suit a classifier over tokenizer outputs.
+    """
+    name: str
+    input_type: type  # a subclass of HFTextInput, made by the task's tokenizing transform
+    auto_model: type  # AutoModelFor...: `load_pretrained_learner` loads the artifact with it
     default_loss: Callable  # dls -> loss function
     default_metrics: Callable  # dls -> list of metrics
-    prepare_model: Callable = field(default=_no_change)  # (dls, hf_model) -> None: align the config with the data
-    default_cbs: Callable = field(default=_no_callbacks)  # dls -> callbacks `hf_learner` adds
-    aliases: tuple = ()  # other names `get_task` (and the command line's --task) accept
-    # saving and the command line
-    settings: Callable = field(default=_no_settings)  # dls -> JSON-able dict that `inference_dls` rebuilds from
-    inference_dls: Callable | None = None  # (hf_objects, block_kwargs, settings, bs) -> DataLoaders, no data needed
-    from_df: Callable | None = None  # (df, model, text_col, label_col, valid_col, valid_pct, bs, max_length, seed)
-    predict_json: Callable | None = None  # (learn, texts) -> one JSON-able result per text, as the HF pipeline's
+    settings: Callable  # dls -> JSON-able dict that `inference_dls` rebuilds the data side from
+    inference_dls: Callable  # (hf_objects, block_kwargs, settings, bs) -> data-free DataLoaders
+    from_df: Callable  # (df, model, *, text_col, label_col, valid_col, valid_pct, bs, max_length, seed, **options)
+    predict_json: Callable  # (learn, texts) -> one JSON-able result per text, as the task's pipeline answers
+    pipeline: str | None = None  # the transformers pipeline that loads the artifact, e.g. "text-classification"
+    accepts: Callable | None = None  # dls -> bool; required when another task shares `input_type`
+    prepare_model: Callable = _no_change  # (dls, hf_model) -> None: check the head, write labels into the config
+    default_cbs: Callable = _no_callbacks  # dls -> callbacks `hf_learner` adds
+    non_model_keys: frozenset = frozenset()  # batch keys the task keeps for itself (not passed to the model)
+    pad_values: Mapping = field(default_factory=lambda: MappingProxyType({}))  # key -> pad value, beyond the tokenizer's
+    pred_from_outputs: Callable = logits_as_pred  # ModelOutput -> fastai's `pred`
+    model_targets: Callable = targets_as_labels  # yb -> model kwargs, for `use_hf_loss=True`
+    columns: tuple = ("text", "label")  # the command line's default text and label columns (None: no labels)
+    readers: Mapping = field(default_factory=lambda: MappingProxyType({}))  # ".suffix" -> path -> (df, from_df options)
+    aliases: tuple = ()  # other names `get_task` (and `--task`) accept
+    description: str = ""  # one line for `blurlite train --help`
+
+    def __post_init__(self):
+        # accept the obvious spellings (a set of keys, a dict, a list of aliases) and store them frozen
+        for name, kind in (("non_model_keys", frozenset), ("aliases", tuple), ("columns", tuple)):
+            value = getattr(self, name)
+            if isinstance(value, (set, list, tuple, frozenset)) and not isinstance(value, kind):
+                object.__setattr__(self, name, kind(value))
+        for name in ("pad_values", "readers"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, MappingProxyType(dict(value)))
+
+    @property
+    def display_name(self) -> str:
+        return self.name + (f" ({', '.join(self.aliases)})" if self.aliases else "")
 
 
-def set_model_labels(hf_model, names: list[str]) -> None:
-    "Check the head's size against the label names, then write them into the config (`id2label`, `label2id`)."
-    config = hf_model.config
-    if config.num_labels != len(names):
-        raise ValueError(f"the model has {config.num_labels} outputs but the label vocab has {len(names)} labels "
-                         f"{names[:10]}: load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}
+_OPTIONAL = {"pipeline", "accepts"}
+
+
+def _check_field(task: HFTask, name: str, hint) -> str | None:
+    "What is wrong with `task.<name>`, or None."
+    value = getattr(task, name)
+    if value is None:
+        return None if name in _OPTIONAL else "is missing (None)"
+    if hint is Callable or "Callable" in str(hint):
+        return None if callable(value) else f"must be callable, got {type(value).__name__}"
+    if name == "input_type":
+        if not (isinstance(value, type) and issubclass(value, HFTextInput)):
+            return f"must be a subclass of HFTextInput, got {value!r}"
+        return None
+    if name == "auto_model":
+        return None if hasattr(value, "from_pretrained") else f"must be an AutoModelFor... class, got {value!r}"
+    if name in ("name", "pipeline", "description"):
+        return None if isinstance(value, str) and (value or name == "description") else "must be a non-empty str"
+    if name in ("non_model_keys", "aliases", "columns"):
+        ok = isinstance(value, (frozenset, tuple)) and all(v is None or isinstance(v, str) for v in value)
+        return None if ok else f"must be a {'frozenset' if name == 'non_model_keys' else 'tuple'} of str"
+    if name == "pad_values":
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, int) for k, v in value.items())
+        return None if ok else "must map batch keys (str) to pad values (int)"
+    if name == "readers":
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith(".") and callable(v)
+                                                 for k, v in value.items())
+        return None if ok else "must map file suffixes ('.ext') to callables path -> (DataFrame, options)"
+    return None
+
+
+def check_task(task) -> None:
+    "Raise `TypeError` naming every field of `task` that does not fit the `HFTask` contract."
+    if not isinstance(task, HFTask):
+        raise TypeError(f"register_task takes an HFTask, got {type(task).__name__}")
+    hints = get_type_hints(HFTask)
+    problems = [f"{f.name} {p}" for f in fields(HFTask) if (p := _check_field(task, f.name, hints[f.name]))]
+    if len(task.columns) != 2:
+        problems.append("columns must be (text column, label column or None)")
+    if problems:
+        raise TypeError(f"task {task.name!r} does not fit the HFTask contract: " + "; ".join(problems))
 
 
 def register_task(task: HFTask) -> HFTask:
-    "Add `task` to the registry; a name can be registered once."
-    if task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
+    """Check `task` against the `HFTask` contract and add it to the registry; a name or alias can be taken once.
+
+    Two tasks may share an input type (e.g. text classification and text regression) only if both say, with
+    `accepts(dls)`, which `DataLoaders` are theirs.
+    """
+    check_task(task)
+    taken = {n: t.name for t in _TASKS.values() for n in (t.name, *t.aliases)}
+    for n in (task.name, *task.aliases):
+        if n in taken:
+            raise ValueError(f"task name {n!r} is already taken by task {taken[n]!r}")
+    for other in _TASKS.values():
+        if other.input_type is task.input_type and (other.accepts is None or task.accepts is None):
+            raise ValueError(f"task {task.name!r} takes {task.input_type.__name__} inputs, as task {other.name!r} "
+                             "does: give it an input type of its own (a subclass) or give both an `accepts(dls)`")
     _TASKS[task.name] = task
     return task
 
@@ -65,6 +154,12 @@ def load_builtin_tasks() -> None:
     "Import the task modules that ship with blurlite (each registers its task)."
     for module in _BUILTIN_TASK_MODULES:
         importlib.import_module(module)
+
+
+def registered_tasks() -> tuple[HFTask, ...]:
+    "Every registered task, the built-in ones first."
+    load_builtin_tasks()
+    return tuple(_TASKS.values())
 
 
 def get_task(name: str) -> HFTask:
@@ -78,16 +173,31 @@ def get_task(name: str) -> HFTask:
 
 
 def task_for(dls) -> HFTask:
-    "The task whose input type the blurlite `DataLoaders` `dls` produce (the most specific match)."
-    from ..data import find_hf_transform
-
+    "The task whose input type the blurlite `DataLoaders` `dls` produce (the most specific match that accepts them)."
     load_builtin_tasks()
     input_type = find_hf_transform(dls).input_type
     for cls in input_type.__mro__:
-        for task in _TASKS.values():
-            if task.input_type is cls:
-                return task
+        candidates = [t for t in _TASKS.values() if t.input_type is cls]
+        if not candidates:
+            continue
+        accepted = [t for t in candidates if t.accepts is None or t.accepts(dls)]
+        if len(accepted) == 1:
+            return accepted[0]
+        names = [t.name for t in (accepted or candidates)]
+        raise ValueError(f"{'several' if accepted else 'none'} of the tasks for {cls.__name__} inputs ({names}) "
+                         "accept these DataLoaders: check the target block against what each task's `accepts` "
+                         "takes")
     raise ValueError(f"no registered task handles {input_type.__name__} inputs; tasks: {sorted(_TASKS)}")
+
+
+def set_model_labels(hf_model, names: list[str]) -> None:
+    "Check the head's size against the label names, then write them into the config (`id2label`, `label2id`)."
+    config = hf_model.config
+    if config.num_labels != len(names):
+        raise ValueError(f"the model has {config.num_labels} outputs but the label vocab has {len(names)} labels "
+                         f"{names[:10]}: load it with get_hf_objects(..., config_kwargs={{'num_labels': {len(names)}}})")
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
 
 
 def pipeline_in_length_order(pipe, texts: list, bs: int, lengths: list[int], **kwargs) -> list:

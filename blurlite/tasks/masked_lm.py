@@ -1,8 +1,10 @@
 """Masked language modelling: BERT masking on the fly, perplexity and masked accuracy, display, `fill_mask`."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,12 +29,15 @@ from ..data import (IGNORE_INDEX, HFSortedDL, HFTextInput, HFTokenize, TensorTok
                     model_max_length, split_rows, tokenizer_pad_values, truncate_words)
 from ..hf_objects import get_hf_objects
 from ..losses import TokenCrossEntropyLossFlat
+from ..ranks import all_reduce_sums
 from . import HFTask, pipeline_in_length_order, register_task, task_for
 
 __all__ = ["HFMLMInput", "HFMaskedTokens", "HFTokenizeMLM", "MaskTokens", "MaskTokensFixed", "HFMLMBlock", "HFMLMDataLoaders",
            "MaskedLMLossFlat", "MaskedLMMetric", "MaskedLMLogitsCallback", "mlm_perplexity", "masked_accuracy", "mask_tokens", "group_texts"]
 
 TASK_NAME = "fill-mask"
+NON_MODEL_KEYS = frozenset({"word_ids", "special_tokens_mask"})  # for masking, not model inputs
+PAD_VALUES = {"special_tokens_mask": 1, "word_ids": -1}  # padding is never masked and belongs to no word
 _VALID_SEED = 20_240_601  # validation masks depend on this and the item only: comparable across epochs
 
 
@@ -202,7 +207,7 @@ class HFMLMBlock(TransformBlock):
         masking = dict(mask_token_id=hf_tokenizer.mask_token_id, vocab_size=vocab_size,
                        mlm_probability=mlm_probability, whole_word=whole_word)
         batch_tfms = [MaskTokens(**masking, split_idx=0), MaskTokensFixed(**masking)]
-        dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), "word_ids": -1},
+        dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **PAD_VALUES},
                           padding_side=hf_tokenizer.padding_side,
                           pad_to=self.max_length if padding == "max_length" else None)
         super().__init__(type_tfms=[tokenize], batch_tfms=batch_tfms, dl_type=HFSortedDL, dls_kwargs=dls_kwargs)
@@ -318,8 +323,6 @@ class MaskedLMMetric(Metric):
 
     def gather_from_ranks(self):
         "In a distributed validation (blurlite calls it on every rank): the sums over every rank's tokens."
-        from ..distributed import all_reduce_sums
-
         self.total, self.count = all_reduce_sums(self.total, self.count)
 
     @property
@@ -442,17 +445,29 @@ def fill_mask(self: Learner, text: str | list[str], top_k: int = 5, bs: int = 16
     """
     if task_for(self.dls).name != TASK_NAME:
         raise TypeError(f"fill_mask is for masked-LM learners; this learner is for {task_for(self.dls).name}")
-    tokenizer = find_hf_transform(self.dls).hf_tokenizer
-    for t in L(text) if not isinstance(text, str) else [text]:
+    tfm = find_hf_transform(self.dls)
+    texts = list(L(text)) if not isinstance(text, str) else [text]
+    tokenizer = tfm.hf_tokenizer
+    for t in texts:
         if not isinstance(t, str) or tokenizer.mask_token not in t:
             raise ValueError(f"fill_mask needs texts holding the mask token {tokenizer.mask_token!r}, got {t!r}")
+    tokenizer_kwargs = {}
+    if tfm.max_length:  # truncate as the block did in training: the pipeline's tokenizer limit is the block's
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.model_max_length = tfm.max_length
+        tokenizer_kwargs = {"truncation": True}
+    ids = tokenizer(texts, **tokenizer_kwargs)["input_ids"]
+    for i, row in enumerate(ids):
+        if tokenizer.mask_token_id not in row:
+            raise ValueError(f"text {i}: its mask token lies past max_length={tfm.max_length} tokens, where the "
+                             "learner truncates; shorten the text before it")
     self.model.eval()
     pipe = FillMaskPipeline(model=self.model.hf_model, tokenizer=tokenizer,
                             device=next(self.model.parameters()).device)
+    kwargs = {"top_k": top_k, **({"tokenizer_kwargs": tokenizer_kwargs} if tokenizer_kwargs else {})}
     if isinstance(text, str):
-        return pipe(text, top_k=top_k)
-    lengths = [len(ids) for ids in tokenizer(list(text))["input_ids"]] if len(text) else []
-    return pipeline_in_length_order(pipe, list(text), bs, lengths, top_k=top_k)
+        return pipe(text, **kwargs)
+    return pipeline_in_length_order(pipe, texts, bs, [len(r) for r in ids], **kwargs)
 
 
 # saving and the command line
@@ -469,6 +484,12 @@ def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> D
     return dblock.dataloaders(pd.DataFrame({"text": ["x"] * bs}), bs=bs).new_empty()
 
 
+def _read_lines(path) -> tuple[pd.DataFrame, dict]:
+    "A text file, one text per line (blank lines dropped); lines are grouped into `max_length` chunks."
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return pd.DataFrame({"text": [line for line in lines if line.strip()]}), {"group": True}
+
+
 def _from_df(df, model, text_col="text", label_col=None, valid_col=None, valid_pct=0.1, bs=16, max_length=None,
              seed=None, group=False):
     return HFMLMDataLoaders.from_df(df, model, text_col=text_col or "text", valid_col=valid_col, valid_pct=valid_pct,
@@ -479,7 +500,9 @@ def _predict_json(learn, texts: list) -> list:
     return [learn.fill_mask(t) for t in texts]
 
 
-register_task(HFTask(name=TASK_NAME, input_type=HFMLMInput, auto_model=AutoModelForMaskedLM,
-                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model,
-                     default_cbs=_default_cbs, aliases=("masked-lm", "mlm"), settings=_settings,
-                     inference_dls=_inference_dls, from_df=_from_df, predict_json=_predict_json))
+TASK = register_task(HFTask(
+    name=TASK_NAME, input_type=HFMLMInput, auto_model=AutoModelForMaskedLM, default_loss=_default_loss,
+    default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls, from_df=_from_df,
+    predict_json=_predict_json, pipeline="fill-mask", prepare_model=_prepare_model, default_cbs=_default_cbs,
+    non_model_keys=NON_MODEL_KEYS, pad_values=PAD_VALUES, columns=("text", None), readers={".txt": _read_lines},
+    aliases=("masked-lm", "mlm"), description="masked language modelling on a text column, or a .txt file of lines"))

@@ -1,12 +1,15 @@
 """Sequence classification: single-label, multi-label and text pairs; `HFTextDataLoaders`, display, `hf_predict`."""
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 import pandas as pd
 import torch
 from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import CategoryMap, ColReader, EncodedMultiCategorize, IndexSplitter, MultiCategorize
+from fastai.data.transforms import (Categorize, CategoryMap, ColReader, EncodedMultiCategorize, IndexSplitter,
+                                    MultiCategorize)
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
@@ -18,17 +21,27 @@ from transformers import AutoModelForSequenceClassification
 from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
 from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform, split_rows, truncate_words
 from ..hf_objects import get_hf_objects
-from . import HFTask, register_task, set_model_labels, task_for
+from . import HFTask, load_builtin_tasks, register_task, set_model_labels, task_for
 
-__all__ = ["HFTextDataLoaders", "OneHotColumns", "is_multi_label"]
+__all__ = ["HFTextDataLoaders", "OneHotColumns", "TextTargets", "register_text_targets", "is_multi_label",
+           "target_transforms"]
 
 TASK_NAME = "text-classification"
 
 
+def target_transforms(dls) -> list:
+    "The transforms of the targets' pipeline of `dls` (getter included); empty without targets."
+    return list(dls.train_ds.tls[1].tfms.fs) if len(getattr(dls.train_ds, "tls", [])) > 1 else []
+
+
 def is_multi_label(dls) -> bool:
     "True when the targets of `dls` are multi-label (`MultiCategoryBlock`)."
-    y_tfms = dls.train_ds.tls[1].tfms.fs if len(getattr(dls.train_ds, "tls", [])) > 1 else []
-    return any(isinstance(t, (MultiCategorize, EncodedMultiCategorize)) for t in y_tfms)
+    return any(isinstance(t, (MultiCategorize, EncodedMultiCategorize)) for t in target_transforms(dls))
+
+
+def _is_categorical(dls) -> bool:
+    "Whether `dls` has category targets (single or multi-label): text classification's `accepts`."
+    return any(isinstance(t, (Categorize, MultiCategorize, EncodedMultiCategorize)) for t in target_transforms(dls))
 
 
 def _label_names(dls) -> list[str]:
@@ -82,7 +95,7 @@ def _check_valid_labels(df, train, valid, label_sets, column) -> None:
                              "in the training set; move such rows to training or drop them")
 
 
-def _targets(df: pd.DataFrame, label_col, label_delim):
+def _category_block(df: pd.DataFrame, label_col, label_delim):
     "The target block and getter for single-label, delimited multi-label or one-hot multi-label columns."
     check_columns(df, label_col if isinstance(label_col, list) else [label_col], "label")
     if isinstance(label_col, list):
@@ -95,19 +108,68 @@ def _targets(df: pd.DataFrame, label_col, label_delim):
     return CategoryBlock(), ColReader(label_col)
 
 
+class TextTargets(NamedTuple):
+    "How `HFTextDataLoaders.from_df` reads one kind of target (what a `register_text_targets` reader returns)."
+    y_block: object  # the fastai block of the targets
+    get_y: Callable  # row -> target
+    names: Callable  # training row positions -> the head's output names (id2label)
+    config: dict  # more config settings of the head, e.g. {"problem_type": "regression"}
+    check_split: Callable | None = None  # (train, valid) -> None: raise on a split the model cannot learn
+
+
+_TARGET_READERS: list[Callable] = []
+
+
+def register_text_targets(reader: Callable) -> Callable:
+    """Teach `HFTextDataLoaders.from_df` a kind of target: `reader(df, label_col, label_delim, y_block)` returns
+    `TextTargets`, or None for a `y_block` it does not read. The most recently registered reader is asked first."""
+    _TARGET_READERS.insert(0, reader)
+    return reader
+
+
+@register_text_targets
+def _category_targets(df, label_col, label_delim, y_block) -> TextTargets | None:
+    "Categories: single-label, delimited multi-label or one-hot columns (`y_block` None, as fastai's default)."
+    if y_block not in (None, CategoryBlock, MultiCategoryBlock):
+        return None
+    block, get_y = _category_block(df, label_col, label_delim)
+    label_sets = _label_sets(df, label_col, label_delim)
+
+    def names(train):
+        return label_col if isinstance(label_col, list) else list(
+            CategoryMap([lb for i in train for lb in label_sets[i]], sort=True))
+
+    def check_split(train, valid):
+        _check_valid_labels(df, train, valid, label_sets, label_col)
+
+    return TextTargets(block, get_y, names, {}, check_split)
+
+
+def _text_targets(df, label_col, label_delim, y_block) -> TextTargets:
+    load_builtin_tasks()  # their target readers (regression's)
+    for reader in _TARGET_READERS:
+        targets = reader(df, label_col, label_delim, y_block)
+        if targets is not None:
+            return targets
+    raise ValueError(f"HFTextDataLoaders.from_df cannot read targets for y_block={y_block!r}: leave it out for "
+                     "classification, or pass RegressionBlock() for regression")
+
+
 class HFTextDataLoaders(DataLoaders):
-    "Factory for sequence classification `DataLoaders`, in the idiom of fastai's `TextDataLoaders`."
+    "Factory for text classification and regression `DataLoaders`, in the idiom of fastai's `TextDataLoaders`."
 
     @classmethod
     def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, text_col="text", label_col="label",
                 valid_col=None, valid_pct: float = 0.2, bs: int = 16, max_length: int | None = None,
                 label_delim: str | None = None, seed: int | None = None, padding=True, tok_kwargs=None,
-                **kwargs) -> DataLoaders:
+                y_block=None, **kwargs) -> DataLoaders:
         """`DataLoaders` from `df`, validated up front; errors name the row and column at fault.
 
         `text_col`: a column, or two for text pairs. `label_col`: a column (single-label, or multi-label with
-        `label_delim`), or a list of 0/1 columns (multi-label). `hf_objects_or_checkpoint`: what `get_hf_objects`
-        returns, or a checkpoint directory to load with a head sized to the labels (the model is then `dls.hf_model`).
+        `label_delim`), or a list of 0/1 columns (multi-label). `y_block=RegressionBlock()`: float targets in
+        `label_col` (a column or a list of columns) for text regression. `hf_objects_or_checkpoint`: what
+        `get_hf_objects` returns, or a checkpoint directory to load with a head sized to the targets (the model is
+        then `dls.hf_model`).
         Example: `dls = HFTextDataLoaders.from_df(df, ckpt_dir, text_col="text", label_col="label", valid_col="is_valid")`
         """
         check_frame(df)
@@ -117,34 +179,43 @@ class HFTextDataLoaders(DataLoaders):
         check_columns(df, text_cols, "text")
         for column in text_cols:
             check_texts(df[column], df.index, column)
-        if isinstance(label_col, (list, tuple)) and len(label_col) == 1:
-            label_col = label_col[0]
-        y_block, get_y = _targets(df, list(label_col) if isinstance(label_col, tuple) else label_col, label_delim)
+        if isinstance(label_col, (list, tuple)):
+            label_col = label_col[0] if len(label_col) == 1 else list(label_col)
+        targets = _text_targets(df, label_col, label_delim, y_block)
         train, valid = split_rows(df, valid_col, valid_pct, seed)
-        label_sets = _label_sets(df, label_col, label_delim)
-        _check_valid_labels(df, train, valid, label_sets, label_col)
+        if targets.check_split is not None:
+            targets.check_split(train, valid)
         hf_objects = hf_objects_or_checkpoint
         if not isinstance(hf_objects, tuple):
-            vocab = label_col if isinstance(label_col, list) else list(
-                CategoryMap([lb for i in train for lb in label_sets[i]], sort=True))
-            names = [str(v) for v in vocab]
+            names = [str(v) for v in targets.names(train)]
             hf_objects = get_hf_objects(hf_objects, config_kwargs=dict(
-                num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}))
+                num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+                **targets.config))
         dblock = DataBlock(blocks=(HFTextBlock(*hf_objects, max_length=max_length, padding=padding,
-                                               tok_kwargs=tok_kwargs), y_block),
-                           get_x=ColReader(text_cols if len(text_cols) == 2 else text_cols[0]), get_y=get_y,
+                                               tok_kwargs=tok_kwargs), targets.y_block),
+                           get_x=ColReader(text_cols if len(text_cols) == 2 else text_cols[0]), get_y=targets.get_y,
                            splitter=IndexSplitter(valid))
         dls = dblock.dataloaders(df, bs=bs, **kwargs)
         dls.hf_model = hf_objects[3]
         return dls
 
 
-# display: registered on the input type, so fastai's own show_batch/show_results call these
+# display: registered on the input type, so fastai's own show_batch/show_results call these (for every task whose
+# inputs are `HFTextInput`: classification and regression)
+def _value(v) -> str:
+    return f"{float(v):.4g}" if isinstance(v, float) else str(v)
+
+
 def _shown(value) -> str:
-    "A target or prediction as text: a label, or labels joined with '; ' for multi-label."
+    "A target or prediction as text: a label or a value; labels or values joined with '; ' (multi-label, -output)."
     if isinstance(value, (list, tuple)) or (hasattr(value, "items") and not isinstance(value, str)):
-        return "; ".join(str(v) for v in value)
-    return str(value)
+        return "; ".join(_value(v) for v in value)
+    return _value(value)
+
+
+def _is_value(target) -> bool:
+    "A regression target (a float, or a tuple of floats), rather than labels."
+    return isinstance(target, float) or (isinstance(target, tuple) and all(isinstance(v, float) for v in target))
 
 
 def _text_columns(x, trunc_at) -> dict:
@@ -172,37 +243,62 @@ def show_results(x: HFTextInput, y, samples, outs, ctxs=None, max_n=10, trunc_at
 @dispatch
 def plot_top_losses(x: HFTextInput, y, samples, outs, raw_outs, losses, trunc_at=150, **kwargs):
     rows = [{**_text_columns(s[0], trunc_at), "target": _shown(s[1]), "predicted": _shown(o[0]),
-             "probability": float(r.max()), "loss": float(loss)}
+             **({} if _is_value(s[1]) else {"probability": float(r.max())}), "loss": float(loss)}
             for s, o, r, loss in zip(samples, outs, raw_outs, losses)]
     display_df(pd.DataFrame(rows))
+
+
+def _scores(learn):
+    """What turns logits into the pipeline's scores: the loss function's activation if it has one, else by the
+    config's problem type, as `pipeline("text-classification")` picks: softmax, sigmoid (multi-label) or none
+    (regression)."""
+    activation = getattr(learn.loss_func, "activation", None)
+    if activation is not None:
+        return activation
+    problem = getattr(learn.model.hf_model.config, "problem_type", None)
+    if problem == "regression":
+        return lambda o: o
+    return torch.sigmoid if problem == "multi_label_classification" else (lambda o: torch.softmax(o, dim=-1))
+
+
+def _as_items(texts, pairs: bool) -> tuple[list, bool]:
+    "`texts` as a list of items, and whether it was one item: a str, a {'text', 'text_pair'} dict, a pair (pair learners)."
+    if isinstance(texts, dict):
+        return [(texts["text"], texts["text_pair"])], True
+    if isinstance(texts, str) or (pairs and isinstance(texts, tuple) and len(texts) == 2
+                                  and all(isinstance(t, str) for t in texts)):
+        return [texts], True
+    return [(t["text"], t["text_pair"]) if isinstance(t, dict) else t for t in texts], False
 
 
 @patch
 def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 1):
     """Classify `texts` like `pipeline("text-classification")`: `[{"label", "score"}]` per text, in input order.
 
-    Texts are tokenized in one call and run in length-sorted batches. `top_k=None` returns every class's
-    probability per text, best first. A single `str` gives a one-element list, as the pipeline does.
+    Texts are tokenized in one call and run in length-sorted batches. `top_k=None` returns every output's score per
+    text, best first. A single text gives a one-element list, as the pipeline does. A text pair is a `(text,
+    text_pair)` tuple or a `{"text", "text_pair"}` dict; a 2-tuple of str is one pair only for a learner trained on
+    pairs (else two texts). Regression learners answer as `pipeline(..., function_to_apply="none")`.
     """
-    if task_for(self.dls).name != TASK_NAME:
-        raise TypeError(f"hf_predict is for {TASK_NAME} learners; this learner is for {task_for(self.dls).name}")
-    single = isinstance(texts, str) or (isinstance(texts, tuple) and len(texts) == 2)
-    items = [texts] if single else list(texts)
+    task = task_for(self.dls)
+    if task.pipeline != TASK_NAME:
+        raise TypeError(f"hf_predict is for learners whose pipeline is {TASK_NAME}; this learner is for {task.name}")
     tfm, dl = find_hf_transform(self.dls), self.dls.valid
+    items, single = _as_items(texts, tfm.pairs)
     inputs = tfm.tokenize([tfm.key(t, lambda: f"text {i}") for i, t in enumerate(items)])
     order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
     bs, probs = bs or dl.bs or 16, [None] * len(items)
-    activation = getattr(self.loss_func, "activation", lambda o: torch.softmax(o, dim=-1))
-    device = next(self.model.parameters()).device
+    activation, device = _scores(self), next(self.model.parameters()).device
     self.model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), bs):
             chunk = order[start:start + bs]
             batch = dl.create_batch([(inputs[i],) for i in chunk])[0]
-            logits = self.model(to_device(dict(batch), device)).logits
+            logits = task.pred_from_outputs(self.model(to_device(dict(batch), device)))
             for i, p in zip(chunk, activation(logits.float()).cpu()):
                 probs[i] = p
-    names = _label_names(self.dls)
+    config = self.model.hf_model.config
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
     results = [_ranked(p, names, top_k) for p in probs]
     return results[0] if single and top_k is None else [r[0] for r in results] if top_k == 1 else results
 
@@ -244,7 +340,9 @@ def _predict_json(learn, texts: list) -> list:
     return learn.hf_predict(texts)
 
 
-register_task(HFTask(name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
-                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model,
-                     aliases=("classification", "sequence-classification"), settings=_settings,
-                     inference_dls=_inference_dls, from_df=_from_df, predict_json=_predict_json))
+TASK = register_task(HFTask(
+    name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
+    default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
+    from_df=_from_df, predict_json=_predict_json, pipeline="text-classification", accepts=_is_categorical,
+    prepare_model=_prepare_model, aliases=("classification", "sequence-classification"),
+    description="labels of texts or text pairs: single-label, or multi-label (delimited or 0/1 columns)"))

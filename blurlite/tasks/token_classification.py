@@ -25,6 +25,7 @@ from ..data import (IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, TensorTo
                     split_rows)
 from ..hf_objects import get_hf_objects
 from ..losses import TokenCrossEntropyLossFlat
+from ..ranks import gather_rows
 from . import HFTask, pipeline_in_length_order, register_task, set_model_labels, task_for
 
 __all__ = ["HFTokenClassInput", "HFWords", "HFTokenizeWords", "HFTokenClassBlock",
@@ -33,6 +34,8 @@ __all__ = ["HFTokenClassInput", "HFWords", "HFTokenizeWords", "HFTokenClassBlock
            "entity_recall", "token_accuracy", "SeqevalMetric"]
 
 TASK_NAME = "token-classification"
+NON_MODEL_KEYS = frozenset({"word_ids", "n_words", "offset_mapping"})  # alignment and decoding, not model inputs
+PAD_VALUES = {"word_ids": -1}  # padding belongs to no word
 
 
 class HFTokenClassInput(HFTextInput):
@@ -180,8 +183,7 @@ class HFTokenClassBlock(HFTextBlock):
         if labeling not in ("first", "all"):
             raise ValueError(f"labeling must be 'first' or 'all', got {labeling!r}")
         super().__init__(hf_arch, hf_config, hf_tokenizer, hf_model, max_length=max_length, padding=padding,
-                         truncation=truncation, tok_kwargs=tok_kwargs)
-        self.dls_kwargs["pad_values"]["word_ids"] = -1
+                         truncation=truncation, tok_kwargs=tok_kwargs, pad_values=PAD_VALUES)
         self.item_tfms = [AlignWordLabels(first_only=labeling == "first")]
 
 
@@ -264,8 +266,6 @@ class SeqevalMetric(Metric):
 
     def gather_from_ranks(self):
         "In a distributed validation (blurlite calls it on every rank): every rank's sentences."
-        from ..distributed import gather_rows
-
         self.y_true, self.y_pred = gather_rows(self.y_true), gather_rows(self.y_pred)
 
     @property
@@ -380,6 +380,10 @@ def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> D
     return dblock.dataloaders(df, bs=bs).new_empty()
 
 
+def _read_conll_file(path) -> tuple[pd.DataFrame, dict]:
+    return read_conll(path), {}
+
+
 def _from_df(df, model, text_col="words", label_col="tags", valid_col=None, valid_pct=0.2, bs=16, max_length=None,
              seed=None):
     return HFTokenClassDataLoaders.from_df(df, model, words_col=text_col or "words", tags_col=label_col or "tags",
@@ -392,7 +396,10 @@ def _predict_json(learn, texts: list) -> list:
             for t in texts]
 
 
-register_task(HFTask(name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
-                     default_loss=_default_loss, default_metrics=_default_metrics, prepare_model=_prepare_model,
-                     aliases=("ner",), settings=_settings, inference_dls=_inference_dls, from_df=_from_df,
-                     predict_json=_predict_json))
+TASK = register_task(HFTask(
+    name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
+    default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
+    from_df=_from_df, predict_json=_predict_json, pipeline="token-classification", prepare_model=_prepare_model,
+    non_model_keys=NON_MODEL_KEYS, pad_values=PAD_VALUES, columns=("words", "tags"),
+    readers={".conll": _read_conll_file, ".bio": _read_conll_file, ".iob": _read_conll_file}, aliases=("ner",),
+    description="word-level tags (NER): a words column and a tags column of lists, or a CoNLL file"))
