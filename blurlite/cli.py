@@ -105,6 +105,47 @@ def _check_train_args(args) -> None:
         raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
     if args.data is not None and not Path(args.data).is_file():
         raise CommandError(f"no data file at {str(args.data)!r}")
+    if args.data is not None:
+        _check_task_and_columns(args)
+
+
+def _file_columns(path: Path) -> list[str] | None:
+    "The columns of a CSV/TSV (its header) or JSON Lines file (its first record); None for other formats."
+    import csv
+
+    suffix = path.suffix.lower()
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if suffix in _SEPARATORS:
+                return next(csv.reader(f, delimiter=_SEPARATORS[suffix]), [])
+            if suffix == ".jsonl":
+                first = next((line for line in f if line.strip()), "{}")
+                return list(json.loads(first))
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, AttributeError, TypeError) as e:
+        raise CommandError(f"cannot read {str(path)!r}: {e}") from e
+    return None
+
+
+def _check_task_and_columns(args) -> None:
+    "The task name and the columns the command line names, checked before torch, fastai and transformers load."
+    from .tasks import builtin_task_names  # the registry module alone: no task module, no torch
+
+    known = builtin_task_names()
+    if args.task not in known:
+        raise CommandError(f"unknown task {args.task!r}; tasks: {', '.join(sorted(known))}")
+    columns = _file_columns(Path(args.data))
+    if columns is None:  # a format a task reads itself (CoNLL, text lines): checked when read
+        return
+    text_col, label_col = known[args.task][1]
+    wanted = {"--text-col": args.text_col or text_col, "--label-col": args.label_col or label_col,
+              "--valid-col": args.valid_col}
+    for flag, column in wanted.items():
+        names = column.split(",") if flag == "--label-col" and column else [column]
+        missing = [c for c in names if c is not None and c not in columns]
+        if missing:
+            given = "" if getattr(args, flag[2:].replace("-", "_")) else f" (the default of {known[args.task][0]})"
+            raise CommandError(f"{flag} {missing[0]!r}{given}: no such column in {str(args.data)!r}; its columns "
+                               f"are {columns}")
 
 
 def launch_train(args, argv: list[str]) -> int:
@@ -154,6 +195,7 @@ def _leave_process_group() -> None:
 
 
 def train(args) -> None:
+    _check_train_args(args)  # before the heavy imports below: a bad argument is reported at once
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
     from fastai.torch_core import set_seed
 
@@ -161,7 +203,6 @@ def train(args) -> None:
     from .learner import hf_learner
     from .tasks import get_task
 
-    _check_train_args(args)
     if args.data is None:  # and no model: the embedded default
         return run_demo(argparse.Namespace(out=args.out or "blurlite-demo", model=None, epochs=args.epochs,
                                            lr=args.lr, bs=args.bs))
@@ -188,9 +229,12 @@ def train(args) -> None:
 
 
 def predict(args) -> None:
-    from .loading import load_pretrained_learner
-    from .tasks import get_task
-
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():  # before the heavy imports: a typo is reported at once
+        raise CommandError(f"no directory at {str(model_dir)!r}: pass the directory blurlite train wrote")
+    if not (model_dir / "blurlite.json").is_file():
+        raise CommandError(f"{str(model_dir)!r} has no blurlite.json: it is not a blurlite save_pretrained "
+                           "directory, or the save did not finish; save it again")
     texts = list(args.texts)
     if args.file:
         path = Path(args.file)
@@ -199,7 +243,10 @@ def predict(args) -> None:
         texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise CommandError("give texts to predict, or --file FILE with one text per line")
-    learn = load_pretrained_learner(args.model_dir)
+    from .loading import load_pretrained_learner
+    from .tasks import get_task
+
+    learn = load_pretrained_learner(args.model_dir)  # checks every file and the versions first
     task = get_task(json.loads((Path(args.model_dir) / "blurlite.json").read_text())["task"])
     for result in task.predict_json(learn, texts):
         print(json.dumps(result, ensure_ascii=False))
@@ -282,9 +329,18 @@ def _print_error(message: str) -> None:
         print(f"blurlite: error on rank {rank}: {message}", file=sys.stderr)
 
 
+def _quiet_dependencies() -> None:
+    "Warnings of dependencies that say nothing to a command-line user (the command line only; the library leaves them)."
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|transformers|fastai|accelerate)\b")
+
+
 def main(argv=None) -> int:
     "Entry point of the `blurlite` console script."
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_dependencies()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser(with_tasks=bool({"-h", "--help"} & set(argv))).parse_args(argv)
     for name in ("epochs", "bs", "num_processes"):
@@ -295,7 +351,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "train" and (args.num_processes or 1) > 1 and _world_size() == 1:
             return launch_train(args, [str(a) for a in argv])  # its processes report, "done in" included
-        args.func(args)
+        result = args.func(args)
     except KeyboardInterrupt:
         if _rank() == 0:
             print("blurlite: interrupted", file=sys.stderr)
@@ -306,6 +362,7 @@ def main(argv=None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         _print_error(str(message).splitlines()[0] if str(message) else type(e).__name__)
         return 1
-    if args.command != "predict":
-        _say(f"done in {time.perf_counter() - start:.0f} s")
+    if args.command != "predict":  # the demo's report holds its time: say the same number
+        seconds = result["seconds"] if isinstance(result, dict) and "seconds" in result else time.perf_counter() - start
+        _say(f"done in {seconds:.0f} s")
     return 0

@@ -13,7 +13,7 @@ from fastai.data.block import TransformBlock
 from fastai.data.load import fa_collate
 from fastai.text.core import TitledStr
 from fastai.text.data import SortedDL
-from fastai.torch_core import TensorBase, batch_to_samples, explode_types, to_detach
+from fastai.torch_core import TensorBase, batch_to_samples, explode_types, retain_type, to_detach
 from fastcore.basics import compose, getcallable
 from fastcore.foundation import L
 from fasttransform import ItemTransform
@@ -23,7 +23,7 @@ from .checks import check_batch_size, check_columns, describe_item, is_missing, 
 from .fastai_compat import support_mapping_batches
 
 __all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
-           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words"]
+           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words", "pad_batches"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
 _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
@@ -291,6 +291,45 @@ class HFSortedDL(SortedDL):
         f = compose(self.before_batch.decode, self.after_item.decode,
                     partial(getcallable(self.dataset, "decode"), full=full))
         return L(unpad_batch(b, max_n=max_n)).map(f)
+
+
+def _pad_dim1(t: torch.Tensor, length: int, value, side: str) -> torch.Tensor:
+    extra = length - t.shape[1]
+    if extra <= 0:
+        return t
+    pad = [0, 0] * (t.ndim - 2) + ([extra, 0] if side == "left" else [0, extra])
+    return retain_type(F.pad(t, pad, value=value), t)
+
+
+def pad_batches(batches: list, pad_values: dict | None = None, padding_side: str = "right", key=None,
+                default=0) -> list:
+    """Per-batch results (tensors, dicts or tuples of them) whose token dimension (dim 1) differs between batches,
+    padded to the longest, so that they concatenate into one tensor (fastai's `get_preds`).
+
+    Batches that agree on dim 1 (sequence-level outputs) are left as they are. Pad values: a dict key's entry in
+    `pad_values`, else `default`.
+    """
+    if not batches:
+        return batches
+    first = batches[0]
+    if isinstance(first, Mapping):
+        columns = {k: pad_batches([b[k] for b in batches], pad_values, padding_side, k, default) for k in first}
+        return [type(b)({k: columns[k][i] for k in first}) for i, b in enumerate(batches)]
+    if isinstance(first, (tuple, list)) and not isinstance(first, L):
+        columns = [pad_batches([b[j] for b in batches], pad_values, padding_side, None, default)
+                   for j in range(len(first))]
+        return [type(b)(c[i] for c in columns) for i, b in enumerate(batches)]
+    return _pad_tensors(batches, pad_values, padding_side, key, default)
+
+
+def _pad_tensors(batches: list, pad_values, padding_side: str, key, default) -> list:
+    if not all(isinstance(t, torch.Tensor) and t.ndim >= 2 for t in batches):
+        return batches
+    lengths = {t.shape[1] for t in batches}
+    if len(lengths) == 1:
+        return batches
+    value = (pad_values or {}).get(key, default)
+    return [_pad_dim1(t, max(lengths), value, padding_side) for t in batches]
 
 
 def truncate_words(text: str, trunc_at: int | None) -> str:

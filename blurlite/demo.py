@@ -33,21 +33,35 @@ def validation_report(learn) -> dict:
     return {n: (None if v is None else round(float(v), 4)) for n, v in zip(names, values)}
 
 
-def _save_plots(learn, out: Path) -> list[Path]:
+def _save_loss_plot(learn, out: Path) -> tuple[Path, dict]:
+    """Plot the training and validation losses of the last `fit`; returns the file and how many points each curve has.
+
+    Call it right after `fit`: `validate`/`get_preds` reset the recorder's losses (fastai's `before_fit`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = out / "loss.png"
+    curves = {"train": len(learn.recorder.losses), "valid": len(learn.recorder.values)}
+    learn.recorder.plot_loss()
+    plt.savefig(path, bbox_inches="tight")
+    plt.close("all")
+    return path, curves
+
+
+def _save_confusion_matrix(learn, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from fastai.interpret import ClassificationInterpretation
 
-    paths = [out / "loss.png", out / "confusion_matrix.png"]
-    learn.recorder.plot_loss()
-    plt.savefig(paths[0], bbox_inches="tight")
-    plt.close("all")
+    path = out / "confusion_matrix.png"
     ClassificationInterpretation.from_learner(learn).plot_confusion_matrix()
-    plt.savefig(paths[1], bbox_inches="tight")
+    plt.savefig(path, bbox_inches="tight")
     plt.close("all")
-    return paths
+    return path
 
 
 def demo(out="blurlite-demo", model=None, epochs: int = 2, lr: float = 2e-4, bs: int = 16) -> dict:
@@ -69,6 +83,7 @@ def demo(out="blurlite-demo", model=None, epochs: int = 2, lr: float = 2e-4, bs:
     print(f"blurlite demo: topic classification, {len(dls.train_ds)} train / {len(dls.valid_ds)} valid sentences, "
           f"{len(dls.vocab)} labels {list(dls.vocab)}", flush=True)
     learn.fit_one_cycle(epochs, lr)
+    loss_plot, curves = _save_loss_plot(learn, out)  # before validating, which resets the recorded losses
     metrics = validation_report(learn)
     model_dir = learn.save_pretrained(out / "model")
     loaded = load_pretrained_learner(model_dir)
@@ -76,11 +91,11 @@ def demo(out="blurlite-demo", model=None, epochs: int = 2, lr: float = 2e-4, bs:
     from_pipeline = pipeline("text-classification", model=str(model_dir))(EXAMPLES)
     agree = all(p["label"] == q["label"] and abs(p["score"] - q["score"]) < 1e-4
                 for p, q in zip(predictions, from_pipeline))
-    plots = _save_plots(learn, out)
+    plots = [loss_plot, _save_confusion_matrix(learn, out)]
     report = {"task": "text-classification", "train": len(dls.train_ds), "valid": len(dls.valid_ds),
               "epochs": epochs, "validation": metrics, "artifact": str(model_dir),
               "predictions": [{"text": t, **p} for t, p in zip(EXAMPLES, predictions)],
-              "pipeline_agrees": agree, "plots": [str(p) for p in plots],
+              "pipeline_agrees": agree, "plots": [str(p) for p in plots], "loss_curve_points": curves,
               "seconds": round(time.perf_counter() - start, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print("\nvalidation: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))

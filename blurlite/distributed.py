@@ -39,7 +39,7 @@ from fastai.metrics import AccumMetric
 from fastai.torch_core import rank_distrib, retain_type, to_concat, to_detach
 from fastcore.foundation import L
 
-from .data import IGNORE_INDEX, HFSortedDL
+from .data import IGNORE_INDEX, HFSortedDL, pad_batches
 from .ranks import all_gather, all_reduce_sums, broadcast_list, run_on_rank0
 
 __all__ = ["HFDistributedTrainer", "HFDistributedDL", "needs_cpu_mode", "export_on_rank0"]
@@ -175,16 +175,17 @@ def _rows(x) -> list:
     return [r[None] if isinstance(r, torch.Tensor) else r for r in x]
 
 
-def _merge_ranks(parts: list, batch_sizes: list[int]):
+def _merge_ranks(parts: list, batch_sizes: list[int], pad: dict, key=None):
     """One result from each rank's, rows in the one-process order: batch k came from rank k % world size
-    (`HFDistributedDL`); concatenated as fastai's `to_concat` does."""
+    (`HFDistributedDL`); per-token rows padded to one length (`pad`: `pad_batches` arguments) and concatenated as
+    fastai's `to_concat` does."""
     first = parts[0]
     if first is None:
         return None
     if isinstance(first, Mapping):
-        return type(first)({k: _merge_ranks([p[k] for p in parts], batch_sizes) for k in first})
+        return type(first)({k: _merge_ranks([p[k] for p in parts], batch_sizes, pad, k) for k in first})
     if isinstance(first, tuple) or (isinstance(first, list) and not isinstance(first, L)):
-        return type(first)(_merge_ranks([p[i] for p in parts], batch_sizes) for i in range(len(first)))
+        return type(first)(_merge_ranks([p[i] for p in parts], batch_sizes, pad) for i in range(len(first)))
     if isinstance(first, torch.Tensor) and first.ndim == 0:
         return first
     rows, taken, merged = [_rows(p) for p in parts], [0] * len(parts), []
@@ -192,7 +193,7 @@ def _merge_ranks(parts: list, batch_sizes: list[int]):
         rank = k % len(parts)
         merged += rows[rank][taken[rank]:taken[rank] + size]
         taken[rank] += size
-    return to_concat(merged) if merged else first
+    return to_concat(pad_batches(merged, key=key, **pad)) if merged else first
 
 
 def _combine_validation(learn) -> None:
@@ -216,13 +217,14 @@ def _combine_validation(learn) -> None:
     if unknown and rank_distrib() == 0:
         warnings.warn(f"metrics {unknown} are computed on rank 0's share of the validation set only: give them a "
                       "`gather_from_ranks()` method (see blurlite.ranks.gather_rows)", stacklevel=2)
-    batch_sizes = learn.dl.batch_sizes
+    batch_sizes, dl = learn.dl.batch_sizes, learn.dl.dl
     for cb in learn.cbs:
         if isinstance(cb, GatherPredsCallback) and hasattr(cb, "preds"):
-            for name, flag in (("inputs", "with_input"), ("preds", "with_preds"), ("targets", "with_targs"),
-                               ("losses", "with_loss")):
+            for name, flag, default in (("inputs", "with_input", 0), ("preds", "with_preds", 0),
+                                        ("targets", "with_targs", IGNORE_INDEX), ("losses", "with_loss", 0)):
                 if getattr(cb, flag):
-                    setattr(cb, name, _merge_ranks(all_gather(getattr(cb, name)), batch_sizes))
+                    pad = dict(pad_values=dl.pad_values, padding_side=dl.padding_side, default=default)
+                    setattr(cb, name, _merge_ranks(all_gather(getattr(cb, name)), batch_sizes, pad))
 
 
 # -------------------------------------------------------------------------------------------- the trainer

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import warnings
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, GatherPredsCallback
 from fastai.callback.progress import ProgressCallback
 import fastai.callback.schedule  # noqa: F401  (defines Learner.lr_find, which HFLearner extends)
 from fastai.distributed import DistributedTrainer
@@ -17,7 +18,9 @@ from torch import nn
 
 from . import serialization  # noqa: F401  (defines Learner.save_pretrained, which every blurlite learner has)
 from .distributed import HFDistributedTrainer, export_on_rank0
+from .data import IGNORE_INDEX, pad_batches
 from .fastai_compat import support_mapping_batches
+from .mixed_precision import hf_to_bf16, learner_device
 from .tasks import load_builtin_tasks, logits_as_pred, targets_as_labels, task_for
 from .versions import check_versions, stack_versions
 
@@ -100,6 +103,20 @@ class HFModelCallback(Callback):
             self.learn.loss_grad = loss
             self.learn.loss = loss.detach().clone()
 
+    def after_validate(self):
+        # before fastai's GatherPredsCallback (order 0) concatenates what `get_preds` gathered: per-token results of
+        # batches padded to different lengths are padded to the longest, so that they make one tensor, as fastai's
+        # other results do (`tta`, `Interpretation`); sequence-level results are untouched
+        dl = getattr(self.learn, "dl", None)
+        dl = getattr(dl, "dl", dl)  # a distributed loader wraps the blurlite one
+        pad_values, side = getattr(dl, "pad_values", {}), getattr(dl, "padding_side", "right")
+        for cb in self.learn.cbs:
+            if isinstance(cb, GatherPredsCallback) and hasattr(cb, "preds"):
+                # token-level targets are label ids: IGNORE_INDEX (-100) marks positions no loss or metric reads
+                for name, default in (("inputs", 0), ("preds", 0), ("targets", IGNORE_INDEX)):
+                    if isinstance(getattr(cb, name, None), list):
+                        setattr(cb, name, pad_batches(getattr(cb, name), pad_values, side, default=default))
+
 
 @patch(as_prop=True)
 def hf_outputs(self: Learner):
@@ -143,7 +160,9 @@ class HFLearner(Learner):
 
     A subclass, so that fastai's own classes keep their methods for every other learner in the process. Under
     `distrib_ctx` with several processes it uses `HFDistributedTrainer` (CPU and GPU, exact validation,
-    length-bucketed batches per rank), `export` writes once from rank 0, and `lr_find` refuses to run.
+    length-bucketed batches per rank), `export` writes once from rank 0, and `lr_find` refuses to run. On a CPU,
+    `to_bf16()` runs bf16 autocast on CPU (fastai's drives CUDA only) and `to_fp16()` warns. `predict` lets a task
+    shape its result (one row per word for token classification).
     """
 
     def to_distributed(self, sync_bn=True, **kwargs):
@@ -159,6 +178,28 @@ class HFLearner(Learner):
             return super().export(fname, pickle_module=pickle_module, pickle_protocol=pickle_protocol)
         return export_on_rank0(self, lambda f: super(HFLearner, self).export(
             f, pickle_module=pickle_module, pickle_protocol=pickle_protocol), fname)
+
+    def to_bf16(self):
+        "fastai's `to_bf16` (CUDA autocast); on a CPU, where that changes nothing, bf16 autocast on CPU (`hf_to_bf16`)."
+        if learner_device(self).type == "cpu":
+            return hf_to_bf16(self)
+        return super().to_bf16()
+
+    def to_fp16(self, **kwargs):
+        "fastai's `to_fp16`; on a CPU it warns: CPUs autocast to bf16 only, so it would train in float32."
+        if learner_device(self).type == "cpu":
+            warnings.warn("to_fp16() on a CPU trains in float32 (CPU autocast runs bf16, not fp16): use "
+                          "learn.to_bf16() or hf_to_bf16(learn) for mixed precision on CPU", stacklevel=2)
+        return super().to_fp16(**kwargs)
+
+    def predict(self, item, rm_type_tfms=None, with_input=False):
+        "fastai's `predict`; a task may shape its result (token classification: one row per word, not per token)."
+        res = super().predict(item, rm_type_tfms=rm_type_tfms, with_input=with_input)
+        task = task_for(self.dls)
+        if task.predict_result is None:
+            return res
+        head, tail = (res[:1], res[1:]) if with_input else ((), res)
+        return (*head, *task.predict_result(self, item, tuple(tail)))
 
     def lr_find(self, *args, **kwargs):
         "fastai's `lr_find`; raises at once inside `distrib_ctx` with several processes, where it would hang."

@@ -17,7 +17,7 @@ from fastai.torch_core import to_float
 from fastcore.basics import patch_to
 from torch import nn
 
-__all__ = ["BF16EmulationWarning", "cpu_bf16_support", "CPUMixedPrecision", "hf_to_bf16", "hf_to_fp32",
+__all__ = ["BF16EmulationWarning", "cpu_bf16_support", "learner_device", "CPUMixedPrecision", "hf_to_bf16", "hf_to_fp32",
            "quantize_learner", "QuantizedInference"]
 
 # CPU flags of instructions that compute on bf16 directly: x86 AVX512-BF16 and AMX, aarch64's BF16 extension
@@ -72,7 +72,7 @@ def warn_if_bf16_emulated() -> bool:
     return native
 
 
-def _learner_device(learn: Learner) -> torch.device:
+def learner_device(learn: Learner) -> torch.device:
     "The device fastai will train on: the `DataLoaders`' (fastai moves the model there), else the model's."
     device = getattr(learn.dls, "device", None)
     if device is None:
@@ -99,7 +99,7 @@ class CPUMixedPrecision(Callback):
         return {**self.__dict__, "autocast": None}  # a context manager is no part of a saved learner
 
     def before_fit(self):
-        device = _learner_device(self.learn)
+        device = learner_device(self.learn)
         if device.type != "cpu":
             raise RuntimeError(f"CPUMixedPrecision autocasts on CPU, but this learner runs on {device}: "
                                "call hf_to_bf16(learn) instead, which uses fastai's MixedPrecision there")
@@ -144,7 +144,7 @@ def hf_to_bf16(learn: Learner) -> Learner:
     `hf_to_bf16(learn)`. Call it again after moving the learner to another device.
     """
     hf_to_fp32(learn)
-    device = _learner_device(learn)
+    device = learner_device(learn)
     if device.type == "cpu":
         return learn.add_cb(CPUMixedPrecision())
     if device.type == "cuda":
@@ -180,7 +180,7 @@ def quantize_learner(learn: Learner, dtype: torch.dtype = torch.qint8) -> Learne
     `fit` raises. Check its predictions against `learn`'s on your data: agreement is usually high, not exact.
     Example: `qlearn = quantize_learner(learn); qlearn.hf_predict(texts)`.
     """
-    device = _learner_device(learn)
+    device = learner_device(learn)
     if device.type != "cpu":
         raise ValueError(f"int8 dynamic quantization runs on CPU, but this learner is on {device}: "
                          "call learn.dls.cpu() and learn.model.cpu() first")

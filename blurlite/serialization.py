@@ -35,15 +35,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    "The process's umask (read by setting it, then putting it back)."
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _write_atomically(path: Path, text: str) -> None:
     "Write `text` to `path` through a temporary file, so that `path` is never partial."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file should read like its neighbours
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the file should read like its neighbours
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,6 +91,8 @@ def _save_pretrained(self: Learner, path: Path) -> Path:
     (path / SETTINGS_FILE).unlink(missing_ok=True)
     hf_model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    for weights in path.glob("*.safetensors"):  # transformers writes them private (0600), unlike its other files
+        os.chmod(weights, 0o666 & ~_umask())
     block = block_settings(self.dls)
     if block["max_length"]:
         config_file = path / "tokenizer_config.json"

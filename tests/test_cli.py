@@ -1,5 +1,6 @@
 """The `blurlite` command: train, predict, demo; one-line errors for bad arguments and files."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,10 @@ def test_train_token_classification_from_conll_and_masked_lm_from_text(tiny_bert
 @pytest.mark.parametrize("argv, code, message", [
     (["train", "--task", "summarization", "--data", "{csv}"], 1, "unknown task 'summarization'"),
     (["train", "--data", "nowhere.csv", "--model", "{model}"], 1, "no data file at 'nowhere.csv'"),
-    (["train", "--data", "{csv}", "--model", "{model}", "--text-col", "review"], 1, "text column(s) ['review']"),
+    (["train", "--data", "{csv}", "--model", "{model}", "--text-col", "review"], 1,
+     "--text-col 'review': no such column in"),
+    (["train", "--task", "ner", "--data", "{csv}", "--model", "{model}"], 1,
+     "--text-col 'words' (the default of token-classification): no such column"),
     (["train", "--data", "{csv}", "--model", "{model}", "--bs", "0"], 2, "--bs must be at least 1"),
     (["train", "--data", "{csv}", "--model", "{model}", "--bs", "500"], 1, "bs=500 is larger than the training set"),
     (["train", "--data", "{bad}", "--model", "{model}"], 1, "unknown file type '.xml'"),
@@ -109,16 +113,61 @@ def test_bad_arguments_and_files_give_one_line_errors(argv, code, message, revie
     one_line_error(err, message)
 
 
+FAST_CHECK = """
+import sys
+from blurlite.cli import main
+code = main(sys.argv[1:])
+print("HEAVY", sorted(m for m in ("torch", "fastai", "transformers", "pandas") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "nowhere.csv", "--model", "m"], "no data file at 'nowhere.csv'"),
+    (["train", "--task", "summarization", "--data", "{csv}", "--model", "m"], "unknown task 'summarization'"),
+    (["train", "--data", "{csv}", "--model", "m", "--label-col", "stars"], "--label-col 'stars': no such column"),
+    (["predict", "nowhere", "a text"], "no directory at 'nowhere'"),
+])
+def test_argument_and_file_errors_come_before_the_heavy_imports(argv, message, reviews_csv, tmp_path):
+    "Reported before torch, fastai, transformers or pandas is imported: at once, not after seconds of imports."
+    argv = [a.format(csv=reviews_csv) for a in argv]
+    done = subprocess.run([sys.executable, "-c", FAST_CHECK, *argv], capture_output=True, text=True, cwd=tmp_path)
+    one_line_error(done.stderr, message)
+    assert "HEAVY []" in done.stdout
+
+
+def test_train_help_lists_the_registered_tasks_and_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for task in ("text-classification", "token-classification", "fill-mask", "text-regression", ".conll", ".txt"):
+        assert task in out
+    assert "(default: 16)" in out and "(default: 0.0001)" in out
+
+
+def test_the_command_line_prints_no_dependency_future_warnings(trained_dir):
+    done = subprocess.run([sys.executable, "-m", "blurlite", "predict", str(trained_dir), "good movie"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert done.returncode == 0 and "FutureWarning" not in done.stderr, done.stderr
+
+
 def test_demo_runs_the_whole_job_and_writes_report_plots_and_artifact(tiny_bert_dir, tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--model", tiny_bert_dir, "--epochs", 1, "--out", tmp_path / "demo")
+    code, out, err = run(capsys, "demo", "--model", tiny_bert_dir, "--epochs", 2, "--out", tmp_path / "demo")
     assert code == 0, err
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["pipeline_agrees"] is True and report["train"] == 320 and report["valid"] == 80
     assert set(report["validation"]) == {"valid_loss", "accuracy", "f1_score"}
     for name in ("loss.png", "confusion_matrix.png"):
         assert (tmp_path / "demo" / name).read_bytes()[:4] == b"\x89PNG"
+    assert report["loss_curve_points"] == {"train": 40, "valid": 2}  # 320/16 steps a epoch: both curves recorded
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(tmp_path / "demo" / "loss.png")[..., :3]
+    for color in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's C0 (train) and C1 (valid) curves
+        close = (abs(pixels - [c / 255 for c in color]).max(-1) < 0.08).sum()
+        assert close > 20, f"no curve of color {color} in loss.png"
     assert len(load_pretrained_learner(tmp_path / "demo" / "model").hf_predict(["a match in the rain"])) == 1
     assert "validation:" in out and "agrees" in out
+    assert f"done in {report['seconds']:.0f} s" in out  # the time printed is the time reported
 
 
 def test_train_without_data_or_model_runs_the_demo(tiny_bert_dir, tmp_path, capsys, monkeypatch):

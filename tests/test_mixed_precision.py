@@ -104,7 +104,7 @@ def test_hf_to_bf16_adds_one_callback_and_hf_to_fp32_removes_it(tiny_objects):
 
 
 def test_cuda_learners_get_fastais_mixed_precision(tiny_objects, monkeypatch):
-    monkeypatch.setattr(mp, "_learner_device", lambda learn: torch.device("cuda"))
+    monkeypatch.setattr(mp, "learner_device", lambda learn: torch.device("cuda"))
     learn = bf16_learner(tiny_objects)
     added = [cb for cb in learn.cbs if isinstance(cb, (CPUMixedPrecision, MixedPrecision))]
     assert len(added) == 1 and isinstance(added[0], MixedPrecision) and added[0].amp_mode.value == "bf16"
@@ -112,7 +112,7 @@ def test_cuda_learners_get_fastais_mixed_precision(tiny_objects, monkeypatch):
 
 def test_cpu_callback_refuses_a_cuda_learner(tiny_objects, monkeypatch):
     learn = bf16_learner(tiny_objects)
-    monkeypatch.setattr(mp, "_learner_device", lambda learn: torch.device("cuda"))
+    monkeypatch.setattr(mp, "learner_device", lambda learn: torch.device("cuda"))
     with pytest.raises(RuntimeError, match="runs on cuda: call hf_to_bf16"):
         with learn.no_bar(), learn.no_logging():
             learn.fit(1)
@@ -189,3 +189,25 @@ def test_quantized_learner_exports(trained, tmp_path):
     qlearn = quantize_learner(trained)
     loaded = export_and_load(qlearn, tmp_path / "int8.pkl")
     assert loaded.hf_predict(["a good film", "an awful plot"]) == qlearn.hf_predict(["a good film", "an awful plot"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of fastai's to_bf16/to_fp16 (this learner is on CPU)")
+def test_fastai_to_bf16_on_a_cpu_learner_runs_bf16_and_to_fp16_warns(tiny_objects):
+    "fastai's own methods on a blurlite learner on CPU: to_bf16 does what hf_to_bf16 does; to_fp16 says it would not."
+    from fastai.callback.fp16 import MixedPrecision
+
+    learn = hf_learner(tiny_dls(make_reviews(24), tiny_objects), tiny_objects.hf_model)
+    learn.dls.cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BF16EmulationWarning)
+        learn.to_bf16()
+    assert [type(cb) for cb in learn.cbs if isinstance(cb, (CPUMixedPrecision, MixedPrecision))] == [CPUMixedPrecision]
+    seen = []
+    learn.add_cb(type("Spy", (Callback,), {"after_pred": lambda self: seen.append(self.learn.hf_outputs.logits.dtype),
+                                            "order": 5})())
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    assert seen and set(seen) == {torch.bfloat16}  # the forward pass ran in bf16
+    hf_to_fp32(learn)
+    with pytest.warns(UserWarning, match=r"to_fp16\(\) on a CPU trains in float32.*learn.to_bf16\(\)"):
+        learn.to_fp16()

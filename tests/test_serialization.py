@@ -111,6 +111,13 @@ def test_the_artifact_is_safetensors_tokenizer_config_and_json(saved):
         assert config["problem_type"] == "regression" and len(config["id2label"]) == learn.dls.c
 
 
+def test_every_artifact_file_has_the_same_permissions(saved):
+    "The weights read like their neighbours (transformers writes them 0600 through a temporary file)."
+    _, _, path = saved
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in path.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes
+
+
 def test_load_pretrained_learner_unpickles_nothing_and_predicts_the_same(saved, monkeypatch):
     kind, learn, path = saved
     expected = outputs(learn)

@@ -187,7 +187,7 @@ def test_metrics_in_the_training_table_match_seqeval(trained):
 
 
 def test_get_preds_gives_one_row_of_probabilities_per_sentence(trained):
-    "Validation batches are padded to different lengths: fastai's get_preds returns rows, softmaxed one by one."
+    "Validation batches are padded to different lengths; get_preds pads them to one: a row per sentence."
     preds, targs = trained.get_preds()
     assert len(preds) == len(targs) == len(trained.dls.valid_ds)
     for p, t in zip(preds, targs):
@@ -324,3 +324,51 @@ def test_slow_tokenizer_is_refused():
 
     with pytest.raises(ValueError, match="needs a fast tokenizer"):
         HFTokenizeWords(Slow())
+
+
+# fastai habits (issue 16): one padded tensor from get_preds, tta, Interpretation, word-level predict
+def test_get_preds_is_one_tensor_padded_with_ignored_positions(trained):
+    with trained.no_bar():
+        inputs, probs, targets, decoded = trained.get_preds(with_input=True, with_decoded=True)
+    n, length = len(trained.dls.valid_ds), max(len(x["input_ids"]) for x, _ in trained.dls.valid_ds)
+    assert probs.shape == (n, length, len(LABELS)) and targets.shape == decoded.shape == (n, length)
+    assert inputs["input_ids"].shape == (n, length)
+    padding = inputs["attention_mask"] == 0
+    assert padding.any() and (targets[padding] == IGNORE_INDEX).all()
+    assert torch.equal(decoded, probs.argmax(-1))
+
+
+def test_tta_and_interpretation_work_at_token_level(trained, shown_ner):
+    from fastai.interpret import ClassificationInterpretation
+
+    with trained.no_bar():
+        preds, targets = trained.tta(n=1)
+        assert preds.shape[:2] == targets.shape
+        interp = ClassificationInterpretation.from_learner(trained)
+    matrix = interp.confusion_matrix()  # labelled tokens (each word's first sub-token); ignored ones drop out
+    assert matrix.shape == (len(LABELS),) * 2 and matrix.sum() == int((targets != IGNORE_INDEX).sum())
+    assert np.trace(matrix) / matrix.sum() > 0.8
+    losses, _ = interp.top_losses(3)
+    interp.plot_top_losses(3)
+    assert len(shown_ner[-1]) == 3 and len(losses) == 3
+
+
+def test_predict_answers_one_label_id_and_probability_row_per_word(trained):
+    words = ["good", "movie", "and", "a", "boring", "plot", "!"]
+    labels, ids, probs = trained.predict(words)
+    assert len(labels) == len(ids) == probs.shape[0] == len(words) and probs.shape[1] == len(LABELS)
+    assert torch.equal(ids, probs.argmax(-1)) and list(labels) == [trained.dls.vocab[i] for i in ids]
+    assert probs.sum(-1).tolist() == pytest.approx([1.0] * len(words), abs=1e-5)
+
+
+def test_factory_vocab_takes_every_split_and_warns_on_validation_only_tags(tiny_bert_dir):
+    from blurlite.all import HFTokenClassDataLoaders
+
+    df = make_sentences(20)
+    df.at[5, "tags"] = ["B-RARE"] + df.tags[5][1:]  # row 5 is a validation row (i % 5 == 0)
+    with pytest.warns(UserWarning, match=r"'B-RARE' \(e.g. row 5\) appear only in validation rows"):
+        dls = HFTokenClassDataLoaders.from_df(df, tiny_bert_dir, valid_col="is_valid", bs=4)
+    assert "B-RARE" in list(dls.vocab)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HFTokenClassDataLoaders.from_df(make_sentences(20), tiny_bert_dir, valid_col="is_valid", bs=4)

@@ -12,14 +12,23 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Callable, get_type_hints
 
-from ..data import HFTextInput, find_hf_transform
+# `..data` (torch, fastai) is imported where it is used, so that the command line reads the built-in task names
+# and reports a bad argument before those imports (seconds)
 
 __all__ = ["HFTask", "register_task", "get_task", "registered_tasks", "task_for", "load_builtin_tasks",
-           "set_model_labels", "pipeline_in_length_order", "logits_as_pred", "targets_as_labels"]
+           "builtin_task_names", "set_model_labels", "pipeline_in_length_order", "logits_as_pred",
+           "targets_as_labels"]
 
 _TASKS: dict[str, "HFTask"] = {}
-_BUILTIN_TASK_MODULES = ("blurlite.tasks.sequence_classification", "blurlite.tasks.token_classification",
-                         "blurlite.tasks.masked_lm", "blurlite.tasks.regression")
+# The task modules that ship with blurlite, with the names and default columns they register: the command line
+# checks its arguments against these before importing torch (a test checks them against the registered tasks).
+_BUILTIN_TASKS = {
+    "blurlite.tasks.sequence_classification": ("text-classification", ("classification", "sequence-classification"),
+                                               ("text", "label")),
+    "blurlite.tasks.token_classification": ("token-classification", ("ner",), ("words", "tags")),
+    "blurlite.tasks.masked_lm": ("fill-mask", ("masked-lm", "mlm"), ("text", None)),
+    "blurlite.tasks.regression": ("text-regression", ("regression",), ("text", "label")),
+}
 
 
 def _no_change(dls, hf_model) -> None:
@@ -67,6 +76,7 @@ class HFTask:
     pad_values: Mapping = field(default_factory=lambda: MappingProxyType({}))  # key -> pad value, beyond the tokenizer's
     pred_from_outputs: Callable = logits_as_pred  # ModelOutput -> fastai's `pred`
     model_targets: Callable = targets_as_labels  # yb -> model kwargs, for `use_hf_loss=True`
+    predict_result: Callable | None = None  # (learn, item, (decoded, decoded_preds, preds)) -> what `predict` returns
     columns: tuple = ("text", "label")  # the command line's default text and label columns (None: no labels)
     readers: Mapping = field(default_factory=lambda: MappingProxyType({}))  # ".suffix" -> path -> (df, from_df options)
     aliases: tuple = ()  # other names `get_task` (and `--task`) accept
@@ -88,7 +98,7 @@ class HFTask:
         return self.name + (f" ({', '.join(self.aliases)})" if self.aliases else "")
 
 
-_OPTIONAL = {"pipeline", "accepts"}
+_OPTIONAL = {"pipeline", "accepts", "predict_result"}
 
 
 def _check_field(task: HFTask, name: str, hint) -> str | None:
@@ -99,6 +109,8 @@ def _check_field(task: HFTask, name: str, hint) -> str | None:
     if hint is Callable or "Callable" in str(hint):
         return None if callable(value) else f"must be callable, got {type(value).__name__}"
     if name == "input_type":
+        from ..data import HFTextInput
+
         if not (isinstance(value, type) and issubclass(value, HFTextInput)):
             return f"must be a subclass of HFTextInput, got {value!r}"
         return None
@@ -152,8 +164,13 @@ def register_task(task: HFTask) -> HFTask:
 
 def load_builtin_tasks() -> None:
     "Import the task modules that ship with blurlite (each registers its task)."
-    for module in _BUILTIN_TASK_MODULES:
+    for module in _BUILTIN_TASKS:
         importlib.import_module(module)
+
+
+def builtin_task_names() -> dict[str, tuple[str, tuple]]:
+    "Name or alias -> (task name, default columns) of the built-in tasks, without importing them (fast)."
+    return {n: (name, columns) for name, aliases, columns in _BUILTIN_TASKS.values() for n in (name, *aliases)}
 
 
 def registered_tasks() -> tuple[HFTask, ...]:
@@ -164,7 +181,11 @@ def registered_tasks() -> tuple[HFTask, ...]:
 
 def get_task(name: str) -> HFTask:
     "The registered task called `name` (or one of its aliases)."
-    load_builtin_tasks()
+    builtin = next((m for m, (n, aliases, _) in _BUILTIN_TASKS.items() if name in (n, *aliases)), None)
+    if builtin is not None:  # only the module it needs (fast for the command line's predict)
+        importlib.import_module(builtin)
+    else:
+        load_builtin_tasks()
     found = _TASKS.get(name) or next((t for t in _TASKS.values() if name in t.aliases), None)
     if found is None:
         names = sorted(set(_TASKS) | {a for t in _TASKS.values() for a in t.aliases})
@@ -174,6 +195,8 @@ def get_task(name: str) -> HFTask:
 
 def task_for(dls) -> HFTask:
     "The task whose input type the blurlite `DataLoaders` `dls` produce (the most specific match that accepts them)."
+    from ..data import find_hf_transform
+
     load_builtin_tasks()
     input_type = find_hf_transform(dls).input_type
     for cls in input_type.__mro__:

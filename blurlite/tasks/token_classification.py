@@ -194,7 +194,10 @@ class HFTokenClassDataLoaders(DataLoaders):
     def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, words_col="words", tags_col="tags", valid_col=None,
                 valid_pct: float = 0.2, bs: int = 16, max_length: int | None = None, labeling: str = "first",
                 seed: int | None = None, padding=True, tok_kwargs=None, **kwargs) -> DataLoaders:
-        """`DataLoaders` for `df`, the label vocabulary taken from the training tags (sorted).
+        """`DataLoaders` for `df`, the label vocabulary taken from the tags of every split (sorted).
+
+        A tag seen only in validation rows is legitimate data, but the model is trained on it nowhere: a warning
+        names it.
 
         `hf_objects_or_checkpoint`: what `get_hf_objects` returns, or a checkpoint directory to load with a head
         sized to the labels (the model is then `dls.hf_model`). A str in `words_col`/`tags_col` is split on spaces.
@@ -207,7 +210,8 @@ class HFTokenClassDataLoaders(DataLoaders):
         for row, tags in zip(df.index, df[tags_col]):
             if is_missing(tags) or not isinstance(tags, (list, tuple, np.ndarray)):
                 raise ValueError(f"row {row!r}, column {tags_col!r}: expected a list of tags, got {tags!r}")
-        labels = sorted({str(t) for i in train for t in df[tags_col].iloc[i]})
+        labels = sorted({str(t) for tags in df[tags_col] for t in tags})  # every split's: a tag may be rare
+        _warn_untrained_tags(df, tags_col, train, valid)
         hf_objects = hf_objects_or_checkpoint
         if not isinstance(hf_objects, tuple):
             hf_objects = get_hf_objects(hf_objects, model_cls=AutoModelForTokenClassification, config_kwargs=dict(
@@ -219,6 +223,19 @@ class HFTokenClassDataLoaders(DataLoaders):
         dls = dblock.dataloaders(df, bs=bs, **kwargs)
         dls.hf_model = hf_objects[3]
         return dls
+
+
+def _warn_untrained_tags(df, tags_col, train, valid) -> None:
+    "Warn about tags that only validation rows hold: the model never sees them in training."
+    trained = {str(t) for i in train for t in df[tags_col].iloc[i]}
+    only_valid = {}
+    for i in valid:
+        for tag in df[tags_col].iloc[i]:
+            only_valid.setdefault(str(tag), df.index[i]) if str(tag) not in trained else None
+    if only_valid:
+        shown = ", ".join(f"{tag!r} (e.g. row {row!r})" for tag, row in sorted(only_valid.items())[:5])
+        warnings.warn(f"tag(s) {shown} appear only in validation rows: the model is trained on them nowhere; "
+                      "move such rows to training for it to learn them", stacklevel=3)
 
 
 def read_conll(path, word_col: int = 0, tag_col: int = -1) -> pd.DataFrame:
@@ -322,6 +339,14 @@ def show_results(x: HFTokenClassInput, y, samples, outs, ctxs=None, max_n=10, tr
     return ctxs
 
 
+@dispatch
+def plot_top_losses(x: HFTokenClassInput, y, samples, outs, raw_outs, losses, trunc_at=None, **kwargs):
+    rows = [{"words": " ".join(s[0]), "target": _tagged(s[0], s[1], trunc_at),
+             "predicted": _tagged(s[0], o[0], trunc_at), "loss": float(loss)}
+            for s, o, loss in zip(samples, outs, losses)]
+    display_df(pd.DataFrame(rows))
+
+
 # inference
 def _check_task(learn, method: str) -> None:
     if task_for(learn.dls).name != TASK_NAME:
@@ -364,6 +389,22 @@ def predict_entities(self: Learner, text: str | list[str], aggregation_strategy:
     return pipeline_in_length_order(pipe, texts, bs, lengths, **kwargs)
 
 
+def _word_level(learn, item, result: tuple) -> tuple:
+    """`learn.predict`'s result with one row per word: each word's label id and probabilities are its first
+    sub-token's (as its label is); a word cut off by `max_length` gets IGNORE_INDEX and a row of NaN."""
+    decoded, token_ids, token_probs = result
+    x = find_hf_transform(learn.dls).encodes(item)
+    n_words, first = int(x["n_words"][0]), {}
+    for position, word in enumerate(x["word_ids"].tolist()):
+        if 0 <= word < n_words:
+            first.setdefault(word, position)
+    ids = torch.full((n_words,), IGNORE_INDEX, dtype=torch.long)
+    probs = torch.full((n_words, token_probs.shape[-1]), float("nan"), dtype=token_probs.dtype)
+    for word, position in first.items():
+        ids[word], probs[word] = token_ids[position], token_probs[position]
+    return decoded, ids, probs
+
+
 # saving and the command line
 def _settings(dls) -> dict:
     align = next(t for t in dls.train.after_item.fs if isinstance(t, AlignWordLabels))
@@ -400,6 +441,7 @@ TASK = register_task(HFTask(
     name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
     from_df=_from_df, predict_json=_predict_json, pipeline="token-classification", prepare_model=_prepare_model,
+    predict_result=_word_level,
     non_model_keys=NON_MODEL_KEYS, pad_values=PAD_VALUES, columns=("words", "tags"),
     readers={".conll": _read_conll_file, ".bio": _read_conll_file, ".iob": _read_conll_file}, aliases=("ner",),
     description="word-level tags (NER): a words column and a tags column of lists, or a CoNLL file"))
