@@ -226,12 +226,19 @@ def unpad_batch(b, max_n: int = 9) -> list[tuple]:
 
 
 class HFSortedDL(SortedDL):
-    "A `SortedDL` whose batches are dicts padded to their longest item; items are bucketed by token count."
+    """A `SortedDL` whose batches are dicts padded to their longest item; items are bucketed by token count.
+
+    `pad_to_multiple_of` rounds each batch's length up (at most to `pad_limit`, the block's `max_length`): on a
+    GPU, few distinct shapes spare kernels planned per shape (cuDNN attention); "auto" is 32 on CUDA and none
+    elsewhere (on a CPU every padding token costs its share). `pad_to` pads every batch to one length.
+    """
 
     def __init__(self, dataset, pad_values: dict | None = None, padding_side: str = "right",
-                 pad_to: int | None = None, res=None, num_workers: int = 0, **kwargs):
+                 pad_to: int | None = None, pad_to_multiple_of: int | str | None = "auto", pad_limit: int | None = None,
+                 res=None, num_workers: int = 0, **kwargs):
         support_mapping_batches()
         self.pad_values, self.padding_side, self.pad_to = dict(pad_values or {}), padding_side, pad_to
+        self.pad_to_multiple_of, self.pad_limit = pad_to_multiple_of, pad_limit
         # items are cached token ids: worker processes would cost more than they save
         super().__init__(dataset, sort_func=_input_length, res=[] if res is None else res,
                          num_workers=num_workers, **kwargs)
@@ -243,8 +250,32 @@ class HFSortedDL(SortedDL):
             check_batch_size(len(dataset), self.bs)
 
     def new(self, dataset=None, **kwargs):
-        kwargs = {"pad_values": self.pad_values, "padding_side": self.padding_side, "pad_to": self.pad_to, **kwargs}
+        kwargs = {"pad_values": self.pad_values, "padding_side": self.padding_side, "pad_to": self.pad_to,
+                  "pad_to_multiple_of": self.multiple_setting, "pad_limit": getattr(self, "pad_limit", None),
+                  **kwargs}
         return super().new(dataset=dataset, **kwargs)
+
+    @property
+    def multiple_setting(self):
+        return getattr(self, "pad_to_multiple_of", None)  # loaders exported before the setting existed: none
+
+    @staticmethod
+    def resolve_multiple(setting, device) -> int | None:
+        "The multiple batch lengths are rounded up to on `device`: \"auto\" is 32 on CUDA, none elsewhere."
+        if setting == "auto":
+            return 32 if device is not None and torch.device(device).type == "cuda" else None
+        return setting
+
+    def batch_length(self, longest: int) -> int:
+        "The length a batch whose longest item has `longest` tokens is padded to."
+        if self.pad_to:
+            return max(longest, self.pad_to)
+        multiple = self.resolve_multiple(self.multiple_setting, getattr(self, "device", None))
+        if not multiple:
+            return longest
+        rounded = -(-longest // multiple) * multiple
+        limit = getattr(self, "pad_limit", None)
+        return max(longest, min(rounded, limit)) if limit else rounded
 
     def to_detach(self, b, cpu=True, gather=True):
         # outside `distrib_ctx` (which wraps this loader) every process runs the whole loader: fastai would
@@ -252,17 +283,19 @@ class HFSortedDL(SortedDL):
         return to_detach(b, cpu, gather=False)
 
     def create_batch(self, samples):
-        return tuple(self._collate_field(list(field)) for field in zip(*samples))
+        inputs = [s[0] for s in samples if isinstance(s[0], Mapping)]
+        length = self.batch_length(max(len(x["input_ids"]) for x in inputs)) if inputs else None
+        return tuple(self._collate_field(list(field), length) for field in zip(*samples))
 
-    def _collate_field(self, values: list):
+    def _collate_field(self, values: list, length: int | None = None):
         first = values[0]
         if isinstance(first, Mapping):
-            n_tokens = len(first["input_ids"])  # only per-token keys are padded up to `pad_to`
+            n_tokens = len(first["input_ids"])  # only per-token keys are padded up to the batch length
             return type(first)({k: self._pad([v[k] for v in values], self.pad_values.get(k, 0),
-                                             self.pad_to if len(first[k]) == n_tokens else None) for k in first})
+                                             length if len(first[k]) == n_tokens else None) for k in first})
         pad_value = getattr(first, "pad_value", None)
         if pad_value is not None and first.ndim > 0:  # token-level targets are padded like the inputs
-            return type(first)(self._pad(values, pad_value, self.pad_to))
+            return type(first)(self._pad(values, pad_value, length))
         return fa_collate(values)
 
     def _pad(self, tensors: list, value: int, pad_to: int | None = None) -> torch.Tensor:
@@ -361,5 +394,5 @@ class HFTextBlock(TransformBlock):
         # `pad_values`: what pads the keys a task's transforms add (e.g. word ids), beyond the tokenizer's
         dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **(pad_values or {})},
                           padding_side=hf_tokenizer.padding_side,
-                          pad_to=max_length if padding == "max_length" else None)
+                          pad_to=max_length if padding == "max_length" else None, pad_limit=max_length)
         super().__init__(type_tfms=[tokenize], dl_type=HFSortedDL, dls_kwargs=dls_kwargs)

@@ -137,3 +137,26 @@ def test_left_padding_side_is_respected(tiny_objects, reviews):
     tiny_objects.hf_tokenizer.padding_side = "left"
     x, _ = tiny_dls(varied_lengths(), tiny_objects, bs=8).valid.one_batch()
     assert x["attention_mask"][:, -1].all() and not x["attention_mask"][:, 0].all()
+
+
+def test_batch_lengths_round_up_to_a_multiple_capped_at_max_length(tiny_objects, reviews):
+    "Few batch shapes (for GPUs): lengths round up to the multiple, never past max_length; outputs are unchanged."
+    train = tiny_dls(reviews, tiny_objects, max_length=20).train
+    plain, rounded = train.new(shuffle=False), train.new(shuffle=False, pad_to_multiple_of=8)
+    lengths, model = set(), tiny_objects.hf_model.eval()
+    for (x, _), (x8, _) in zip(plain, rounded):
+        n = x["input_ids"].shape[1]
+        lengths.add(x8["input_ids"].shape[1])
+        assert x8["input_ids"].shape[1] == min(-(-n // 8) * 8, 20)
+        assert (x8["attention_mask"][:, n:] == 0).all() and torch.equal(x8["input_ids"][:, :n], x["input_ids"])
+        with torch.no_grad():
+            assert torch.allclose(model(**x).logits, model(**x8).logits, atol=1e-5)
+    assert lengths <= {8, 16, 20}
+
+
+def test_auto_multiple_is_32_on_cuda_and_none_on_cpu():
+    from blurlite.data import HFSortedDL
+
+    assert HFSortedDL.resolve_multiple("auto", "cuda:0") == 32
+    assert HFSortedDL.resolve_multiple("auto", torch.device("cpu")) is None
+    assert HFSortedDL.resolve_multiple("auto", None) is None and HFSortedDL.resolve_multiple(8, "cpu") == 8

@@ -166,3 +166,77 @@ def test_the_wrapper_passes_the_model_only_its_inputs(tiny_objects):
         assert set(wrapper.model_inputs(batch)) == {"input_ids", "attention_mask"}
         assert torch.equal(wrapper(batch).logits, expected)
     assert "word_ids" in HFModelWrapper(model, non_model_keys=()).model_inputs(batch)  # declared none: all passed
+
+
+# the default optimizer: fastai's Adam, computed by torch's multi-tensor AdamW
+def _fit_with(opt_func, tiny_bert_dir, **fit):
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
+    from fastai.torch_core import set_seed
+
+    from blurlite.all import HFTextDataLoaders
+
+    set_seed(0)
+    dls = HFTextDataLoaders.from_df(make_reviews(64), tiny_bert_dir, valid_col="is_valid", bs=8, seed=0)
+    learn = hf_learner(dls, **({} if opt_func is None else {"opt_func": opt_func}))
+    set_seed(0)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(2, fit.get("lr", 1e-3))
+    return learn
+
+
+def test_the_default_optimizer_is_fastais_adam_as_multi_tensor_adamw(tiny_bert_dir):
+    "Same update as fastai's Adam (defaults, decoupled weight decay, none on norms and biases), to float rounding."
+    from fastai.optimizer import Adam
+
+    from blurlite.all import HFAdamW
+
+    ours, fastais = _fit_with(None, tiny_bert_dir), _fit_with(Adam, tiny_bert_dir)
+    assert isinstance(ours.opt, HFAdamW) and all(pg["foreach"] for pg in ours.opt.opt.param_groups)
+    for (name, a), b in zip(ours.model.named_parameters(), fastais.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert list(map(float, ours.recorder.values[-1])) == pytest.approx(list(map(float, fastais.recorder.values[-1])), abs=1e-5)
+
+
+def test_the_default_optimizer_keeps_freeze_discriminative_lrs_and_the_one_cycle_momentum(tiny_bert_dir):
+    from fastai.optimizer import Adam
+
+    learn, fastais = _fit_with(None, tiny_bert_dir), _fit_with(Adam, tiny_bert_dir)
+    for each in (learn, fastais):
+        each.freeze()
+    trainable = [p.requires_grad for p in learn.model.parameters()]
+    assert trainable == [p.requires_grad for p in fastais.model.parameters()]  # the head, and norms (train_bn)
+    assert 0 < sum(trainable) < len(trainable)
+    learn.unfreeze()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, slice(1e-5, 1e-3))
+    lrs = [h["lr"] for h in learn.opt.hypers]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1e-3) and lrs == sorted(lrs)
+    moms = [m for m in learn.recorder.moms]
+    assert len(learn.recorder.moms) and min(moms) < max(moms)  # one-cycle scheduled AdamW's beta1
+    assert learn.opt.opt.param_groups[0]["betas"][0] == pytest.approx(learn.opt.hypers[0]["mom"])
+
+
+def _ops_per_step(learn) -> int:
+    "aten ops dispatched by one optimizer step, after a backward pass."
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    x, y = learn.dls.one_batch()
+    learn.loss_func(learn.model(x).logits, y).backward()
+    with Count():
+        learn.opt.step()
+    return Count.n
+
+
+def test_an_optimizer_step_dispatches_under_a_third_of_fastais_adam_ops(tiny_bert_dir):
+    from fastai.optimizer import Adam
+
+    ours, fastais = _fit_with(None, tiny_bert_dir), _fit_with(Adam, tiny_bert_dir)
+    n_ours, n_fastai = _ops_per_step(ours), _ops_per_step(fastais)
+    assert n_ours * 3 <= n_fastai, (n_ours, n_fastai)

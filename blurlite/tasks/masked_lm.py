@@ -209,7 +209,7 @@ class HFMLMBlock(TransformBlock):
         batch_tfms = [MaskTokens(**masking, split_idx=0), MaskTokensFixed(**masking)]
         dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **PAD_VALUES},
                           padding_side=hf_tokenizer.padding_side,
-                          pad_to=self.max_length if padding == "max_length" else None)
+                          pad_to=self.max_length if padding == "max_length" else None, pad_limit=self.max_length)
         super().__init__(type_tfms=[tokenize], batch_tfms=batch_tfms, dl_type=HFSortedDL, dls_kwargs=dls_kwargs)
 
 
