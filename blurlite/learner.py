@@ -214,7 +214,7 @@ class HFLearner(Learner):
 def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=None, cbs=None,
                splitter=hf_splitter, use_hf_loss: bool = False, **learner_kwargs) -> Learner:
     """A fastai `Learner` (an `HFLearner`) for `hf_model` on blurlite `dls`, with the task's loss, metrics and
-    callbacks by default, and `HFAdamW` (fastai's Adam as torch's multi-tensor AdamW) unless `opt_func` is given.
+    callbacks by default, and `HFAdamW` (fastai's Adam as torch's fused AdamW) unless `opt_func` is given.
 
     Example: `learn = hf_learner(dls, hf_model); learn.fit_one_cycle(1, 1e-4)`. `hf_model` defaults to the model
     `HFTextDataLoaders.from_df` loaded, when it was given a checkpoint.
@@ -228,6 +228,6 @@ def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=N
     loss_func = task.default_loss(dls) if loss_func is None else loss_func
     metrics = task.default_metrics(dls) if metrics is None else metrics
     cbs = [HFModelCallback(use_hf_loss, task.pred_from_outputs, task.model_targets), *task.default_cbs(dls), *L(cbs)]
-    learner_kwargs.setdefault("opt_func", HFAdamW)  # fastai's Adam, multi-tensor (fused on CUDA)
+    learner_kwargs.setdefault("opt_func", HFAdamW)  # fastai's Adam as torch's fused AdamW
     return HFLearner(dls, HFModelWrapper(hf_model, task.non_model_keys), loss_func=loss_func, metrics=metrics,
                      cbs=cbs, splitter=splitter, **learner_kwargs)

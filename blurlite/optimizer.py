@@ -1,8 +1,9 @@
-"""`HFAdamW`: fastai's Adam(W), computed by torch's multi-tensor AdamW (fused on CUDA).
+"""`HFAdamW`: fastai's Adam(W), computed by torch's fused AdamW kernel.
 
-fastai's `Adam` runs its steps parameter tensor by parameter tensor: about 26 small ops each, 2,700 per step for
-MiniLM's 105 tensors, which bounds a GPU step by launch overhead. torch's AdamW does the same update with a few
-multi-tensor ops per parameter group (`foreach`), or one fused kernel per group on CUDA.
+fastai's `Adam` runs its steps parameter tensor by parameter tensor: about 17 small ops each, 1,760 per step for
+MiniLM's 105 tensors, which bounds a GPU step by launch overhead and costs a CPU memory passes. torch's fused AdamW
+does the same update with one kernel per parameter group, on CUDA and on CPU (4x faster than its multi-tensor
+path on a 2-core CPU for MiniLM: 87 ms against 332 ms a step).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __all__ = ["HFAdamW"]
 
 class HFAdamW(OptimWrapper):
     """fastai's `Adam` (its defaults, decoupled weight decay, none on norm layers and biases unless
-    `wd_bn_bias=True`) as torch's multi-tensor `AdamW`, fused on CUDA. `hf_learner`'s default `opt_func`.
+    `wd_bn_bias=True`) as torch's fused `AdamW` (multi-tensor where the kernel does not apply). `hf_learner`'s
+    default `opt_func`.
 
     fastai drives it as any optimizer: one-cycle schedules of `lr` and `mom` (AdamW's first beta), parameter
     groups from the splitter (`freeze`, `unfreeze`, discriminative `slice(lo, hi)` learning rates), `wd`.
@@ -28,10 +30,13 @@ class HFAdamW(OptimWrapper):
         self._kernel_picked = False
 
     def _pick_kernel(self) -> None:
-        "Once, at the first step (the model is on its device by then): the fused kernel when every parameter is on CUDA."
+        """Once, at the first step (the model is on its device by then): torch's fused kernel when every parameter
+        is a float tensor on one CPU or CUDA device, else the multi-tensor path."""
         self._kernel_picked = True
         params = [p for pg in self.opt.param_groups for p in pg["params"]]
-        if params and all(p.is_cuda and p.is_floating_point() for p in params):
+        devices = {p.device for p in params}
+        if params and len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(
+                p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params):
             for pg in self.opt.param_groups:
                 pg["foreach"], pg["fused"] = False, True
 
