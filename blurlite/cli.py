@@ -61,6 +61,7 @@ def read_data(path, task=None):
     raise CommandError(f"{str(path)!r}: unknown file type {suffix!r}{name}; use {known}")
 
 
+# `blurlite.ranks` has these too, but imports torch: the command line reads the environment itself, to answer fast
 def _world_size() -> int:
     "How many processes train together: the launcher's `WORLD_SIZE` (torchrun sets it), 1 in a plain process."
     return int(os.environ.get("WORLD_SIZE", 0) or 0) or 1

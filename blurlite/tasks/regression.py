@@ -21,7 +21,8 @@ from transformers import AutoModelForSequenceClassification
 from ..checks import check_columns, is_missing, plain
 from ..data import HFTextBlock, HFTextInput, find_hf_transform
 from . import HFTask, register_task, set_model_labels
-from .sequence_classification import HFTextDataLoaders, TextTargets, register_text_targets, target_transforms
+from .sequence_classification import (HFTextDataLoaders, TextTargets, hf_predict_json, register_text_targets,
+                                      target_transforms)
 
 __all__ = ["FloatColumns", "is_regression", "pearsonr", "PearsonR"]
 
@@ -141,13 +142,9 @@ def _from_df(df, model, text_col="text", label_col="label", valid_col=None, vali
                                      y_block=RegressionBlock())
 
 
-def _predict_json(learn, texts: list) -> list:
-    return learn.hf_predict(texts)
-
-
 TASK = register_task(HFTask(
     name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
-    from_df=_from_df, predict_json=_predict_json, pipeline="text-classification", accepts=is_regression,
+    from_df=_from_df, predict_json=hf_predict_json, pipeline="text-classification", accepts=is_regression,
     prepare_model=_prepare_model, aliases=("regression",),
     description="float scores of texts or text pairs (one or several columns, 'a,b' on the command line)"))

@@ -336,13 +336,14 @@ def _from_df(df, model, text_col="text", label_col="label", valid_col=None, vali
                                      valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed)
 
 
-def _predict_json(learn, texts: list) -> list:
+def hf_predict_json(learn, texts: list) -> list:
+    "The command line's answer for tasks whose pipeline is text-classification: `hf_predict`'s dicts."
     return learn.hf_predict(texts)
 
 
 TASK = register_task(HFTask(
     name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
-    from_df=_from_df, predict_json=_predict_json, pipeline="text-classification", accepts=_is_categorical,
+    from_df=_from_df, predict_json=hf_predict_json, pipeline="text-classification", accepts=_is_categorical,
     prepare_model=_prepare_model, aliases=("classification", "sequence-classification"),
     description="labels of texts or text pairs: single-label, or multi-label (delimited or 0/1 columns)"))
