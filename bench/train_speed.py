@@ -60,14 +60,18 @@ def fused_adamw():
     return partial(OptimWrapper, opt=partial(torch.optim.AdamW, fused=True, betas=(0.9, 0.99), eps=1e-5))
 
 
-def minilm_objects(df, **config_kwargs):
-    "`get_hf_objects` of MiniLM with a head for `df`'s labels (sorted, as fastai's vocab), seeded by the caller."
+def label_config(df) -> dict:
+    "`num_labels`, `id2label`, `label2id` for `df`'s labels (sorted, as fastai's vocab)."
+    labels = sorted(df.label.unique())
+    return dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+
+
+def minilm_objects(df, checkpoint=None, **config_kwargs):
+    """`get_hf_objects` of MiniLM (or the checkpoint directory `checkpoint`) with a head for `df`'s labels,
+    seeded by the caller."""
     from blurlite.hf_objects import get_hf_objects
 
-    labels = sorted(df.label.unique())
-    return get_hf_objects(common.minilm_dir(), config_kwargs=dict(
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-        **config_kwargs))
+    return get_hf_objects(checkpoint or common.minilm_dir(), config_kwargs={**label_config(df), **config_kwargs})
 
 
 def train_blurlite(df, args, precision: str = "fp32", fused: bool = False, attention_dropout: float | None = None):
@@ -123,16 +127,17 @@ def _trainer_items(df, tokenizer, max_length: int, label2id: dict) -> tuple[list
     return [x for x, v in zip(items, is_valid) if not v], [x for x, v in zip(items, is_valid) if v]
 
 
-def _training_arguments(args, out_dir: str, sampling: str, bf16: bool):
+def _training_arguments(args, out_dir: str, sampling: str, bf16: bool, **overrides):
+    "The Trainer's settings of every bench; `overrides` (e.g. `use_cpu=False`, `num_train_epochs=2`) replace them."
     from transformers import TrainingArguments
 
-    return TrainingArguments(
-        output_dir=out_dir, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, seed=args.seed,
-        per_device_train_batch_size=args.bs, per_device_eval_batch_size=args.bs, num_train_epochs=1,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.25, weight_decay=0.01,
-        adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-5, max_grad_norm=0.0,
-        train_sampling_strategy=sampling, bf16=bf16)
+    return TrainingArguments(**{
+        "output_dir": out_dir, "use_cpu": True, "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
+        "logging_strategy": "no", "disable_tqdm": True, "dataloader_pin_memory": False, "seed": args.seed,
+        "per_device_train_batch_size": args.bs, "per_device_eval_batch_size": args.bs, "num_train_epochs": 1,
+        "learning_rate": args.lr, "lr_scheduler_type": "cosine", "warmup_steps": 0.25, "weight_decay": 0.01,
+        "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_epsilon": 1e-5, "max_grad_norm": 0.0,
+        "train_sampling_strategy": sampling, "bf16": bf16, **overrides})
 
 
 def trainer_epoch_timer():
@@ -152,9 +157,25 @@ def trainer_epoch_timer():
     return epoch, EpochTimer
 
 
+def fit_trainer(model, targs, train_items, valid_items, collator, tokenizer, callback) -> tuple[float, float]:
+    "Train a `transformers.Trainer` (quietly), then predict the validation items: (fit seconds, accuracy)."
+    from transformers import PrinterCallback, Trainer
+
+    trainer = Trainer(model=model, args=targs, train_dataset=train_items, data_collator=collator,
+                      processing_class=tokenizer, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # it prints the run's summary dict
+    start = time.perf_counter()
+    trainer.train()
+    fit_seconds = time.perf_counter() - start
+    collator.counting = False
+    logits = trainer.predict(valid_items).predictions
+    accuracy = float((np.argmax(logits, -1) == np.array([x["labels"] for x in valid_items])).mean())
+    return fit_seconds, accuracy
+
+
 def train_hf_trainer(df, args, sampling: str = "random", bf16: bool = False) -> dict:
     "Fine-tune with `transformers.Trainer` + `DataCollatorWithPadding`; returns the figures."
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding
 
     common.set_seed(args.seed)  # as for blurlite: the new head starts from the same weights
     hf_objects = minilm_objects(df)
@@ -165,16 +186,9 @@ def train_hf_trainer(df, args, sampling: str = "random", bf16: bool = False) -> 
     epoch, EpochTimer = trainer_epoch_timer()
 
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer = Trainer(model=model, args=_training_arguments(args, out_dir, sampling, bf16),
-                          train_dataset=train_items, data_collator=collator, processing_class=tokenizer,
-                          callbacks=[EpochTimer()])
-        trainer.remove_callback(PrinterCallback)  # it prints the run's summary dict
-        start = time.perf_counter()
-        trainer.train()
-        fit_seconds = time.perf_counter() - start
-        collator.counting = False
-        logits = trainer.predict(valid_items).predictions
-    accuracy = float((np.argmax(logits, -1) == np.array([x["labels"] for x in valid_items])).mean())
+        targs = _training_arguments(args, out_dir, sampling, bf16)
+        fit_seconds, accuracy = fit_trainer(model, targs, train_items, valid_items, collator, tokenizer,
+                                            EpochTimer())
     name = f"HF Trainer {'group_by_length' if sampling == 'group_by_length' else 'default'}{' bf16' if bf16 else ''}"
     return dict(run=name, lengths=collator.lengths, padded=collator.padded, epoch_s=epoch["seconds"],
                 cpu_s=epoch["cpu_seconds"], fit_s=fit_seconds, accuracy=accuracy)
