@@ -37,10 +37,11 @@ __all__ += ["HFMaskedTokens", "HFMLMBlock", "HFMLMDataLoaders", "HFMLMInput", "H
             "MaskedLMMetric", "MaskTokens", "MaskTokensFixed", "group_texts", "mask_tokens", "masked_accuracy",
             "mlm_perplexity"]
 from .optimizer import HFAdamW
+from .datasets import example_data
 from .mixed_precision import (BF16EmulationWarning, CPUMixedPrecision, QuantizedInference, cpu_bf16_support,
                               hf_to_bf16, hf_to_fp32, quantize_learner)
 
-__all__ += ["HFAdamW", "BF16EmulationWarning", "CPUMixedPrecision", "QuantizedInference", "cpu_bf16_support", "hf_to_bf16",
+__all__ += ["HFAdamW", "example_data", "BF16EmulationWarning", "CPUMixedPrecision", "QuantizedInference", "cpu_bf16_support", "hf_to_bf16",
             "hf_to_fp32", "quantize_learner"]
 
 # the model classes get_hf_objects takes, so that `from blurlite.all import *` is enough in a notebook
