@@ -142,8 +142,8 @@ def test_left_padding_side_is_respected(tiny_objects, reviews):
 def test_batch_lengths_round_up_to_a_multiple_capped_at_max_length(tiny_objects, reviews):
     "Few batch shapes (for GPUs): lengths round up to the multiple, never past max_length; outputs are unchanged."
     train = tiny_dls(reviews, tiny_objects, max_length=20).train
-    plain, rounded = train.new(shuffle=False), train.new(shuffle=False, pad_to_multiple_of=8)
-    lengths, model = set(), tiny_objects.hf_model.eval()
+    plain, rounded = train.new(shuffle=False, pad_to_multiple_of=None), train.new(shuffle=False, pad_to_multiple_of=8)
+    lengths, model = set(), tiny_objects.hf_model.eval().to(train.device or "cpu")
     for (x, _), (x8, _) in zip(plain, rounded):
         n = x["input_ids"].shape[1]
         lengths.add(x8["input_ids"].shape[1])

@@ -330,7 +330,8 @@ def test_slow_tokenizer_is_refused():
 def test_get_preds_is_one_tensor_padded_with_ignored_positions(trained):
     with trained.no_bar():
         inputs, probs, targets, decoded = trained.get_preds(with_input=True, with_decoded=True)
-    n, length = len(trained.dls.valid_ds), max(len(x["input_ids"]) for x, _ in trained.dls.valid_ds)
+    n, longest = len(trained.dls.valid_ds), max(len(x["input_ids"]) for x, _ in trained.dls.valid_ds)
+    length = trained.dls.valid.batch_length(longest)  # the longest batch (rounded up on CUDA)
     assert probs.shape == (n, length, len(LABELS)) and targets.shape == decoded.shape == (n, length)
     assert inputs["input_ids"].shape == (n, length)
     padding = inputs["attention_mask"] == 0
