@@ -23,11 +23,11 @@ __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPa
 from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassDataLoaders, HFTokenClassInput, HFTokenizeWords,
                                          HFWords, SeqevalMetric, TokenCategorize, TokenCategoryBlock, align_word_labels,
                                          entity_f1, entity_precision, entity_recall, read_conll, token_accuracy,
-                                         word_labels_from_tokens)
+                                         word_ids_from_offsets, word_labels_from_tokens)
 
 __all__ += ["AlignWordLabels", "HFTokenClassBlock", "HFTokenClassDataLoaders", "HFTokenClassInput", "HFTokenizeWords", "HFWords",
             "SeqevalMetric", "TokenCategorize", "TokenCategoryBlock", "align_word_labels", "entity_f1", "entity_precision", "entity_recall",
-            "read_conll", "token_accuracy", "word_labels_from_tokens"]
+            "read_conll", "token_accuracy", "word_ids_from_offsets", "word_labels_from_tokens"]
 from .tasks.masked_lm import (HFMaskedTokens, HFMLMBlock, HFMLMDataLoaders, HFMLMInput, HFTokenizeMLM, MaskedLMLogitsCallback,
                               MaskedLMLossFlat,
                               MaskedLMMetric, MaskTokens, MaskTokensFixed, group_texts, mask_tokens, masked_accuracy,

@@ -30,7 +30,7 @@ from . import HFTask, pipeline_in_length_order, register_task, set_model_labels,
 
 __all__ = ["HFTokenClassInput", "HFWords", "HFTokenizeWords", "HFTokenClassBlock",
            "TokenCategorize", "TokenCategoryBlock", "AlignWordLabels", "HFTokenClassDataLoaders",
-           "align_word_labels", "word_labels_from_tokens", "read_conll", "entity_f1", "entity_precision",
+           "word_ids_from_offsets", "align_word_labels", "word_labels_from_tokens", "read_conll", "entity_f1", "entity_precision",
            "entity_recall", "token_accuracy", "SeqevalMetric"]
 
 TASK_NAME = "token-classification"
@@ -81,29 +81,71 @@ def _words(x, where=lambda: "input", labelled=False) -> tuple[str, ...]:
     return tuple(x)
 
 
+def word_ids_from_offsets(offsets, special, words, markers=None) -> np.ndarray:
+    """Which word each token of `" ".join(words)` belongs to (-1: none), from the tokenizer's character offsets.
+
+    A token belongs to the first word whose characters it overlaps (a byte-level BPE token whose offsets include
+    the space before its word belongs to that word). Special tokens, and tokens that cover no character of a word
+    (an empty offset), belong to none. A token flagged in `markers` (a lone "▁" or "Ġ" before a word) gets
+    `-2 - word`: the pipelines' word heuristics take it for a word of its own and start the real word at the next
+    token, so both are labelled with the word's label (`AlignWordLabels`), while the word's own tokens, from which
+    its prediction is read, start after it.
+    """
+    lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+    ends = np.cumsum(lengths + 1) - 1  # words joined by one space
+    starts = ends - lengths
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    word = np.searchsorted(ends, offsets[:, 0], side="right")  # the first word ending after the token starts
+    inside = word < len(words)
+    hit = inside & (starts[np.minimum(word, len(words) - 1)] < offsets[:, 1]) & ~np.asarray(special, dtype=bool)
+    word_ids = np.where(hit, word, -1)
+    if markers is not None:
+        word_ids = np.where(hit & np.asarray(markers, dtype=bool), -2 - word, word_ids)
+    return word_ids
+
+
 class HFTokenizeWords(HFTokenize):
-    "Tokenize a list of words once (`is_split_into_words`), keeping which word each sub-token belongs to."
+    """Tokenize a list of words once, keeping which word each sub-token belongs to.
+
+    The words are tokenized as the running text `" ".join(words)`, which is what `predict_entities(text)` and
+    `pipeline("token-classification")` see: with byte-level BPE (RoBERTa, ModernBERT) or SentencePiece tokenizers, a
+    word list tokenized word by word (`is_split_into_words=True`) gives other tokens than the same words in a text,
+    and a model trained on one labels the other badly. Tokens map to words by their character offsets.
+    """
     input_type = HFTokenClassInput
 
     def __init__(self, hf_tokenizer, max_length=None, truncation=True, tok_kwargs=None):
         if not getattr(hf_tokenizer, "is_fast", False):
-            raise ValueError("token classification needs a fast tokenizer: word_ids() aligns words and sub-tokens")
+            raise ValueError("token classification needs a fast tokenizer: its character offsets align words and "
+                             "sub-tokens; load the model's tokenizer with AutoTokenizer (use_fast=True)")
         super().__init__(hf_tokenizer, max_length=max_length, truncation=truncation, tok_kwargs=tok_kwargs)
         self.input_types = (str, list, tuple, L, np.ndarray)
 
     def key(self, x, where=lambda: "input", labelled=False):
         return _words(x, where, labelled)
 
+    def _blank_tokens(self) -> np.ndarray:
+        "For each token id, whether the token holds no character of a word: a lone SentencePiece '▁' or 'Ġ'."
+        tokens = self.hf_tokenizer.convert_ids_to_tokens(list(range(len(self.hf_tokenizer))))
+        return np.array([t is not None and t != "" and t.strip("\u2581\u0120 ") == "" for t in tokens] + [False])
+
     def tokenize(self, keys: list) -> list[HFTokenClassInput]:
-        enc = self.hf_tokenizer([list(k) for k in keys], is_split_into_words=True, truncation=self.truncation,
-                                max_length=self.max_length, return_attention_mask=True, **self.tok_kwargs)
+        kwargs = {"return_offsets_mapping": True, "return_special_tokens_mask": True, **self.tok_kwargs}
+        enc = self.hf_tokenizer([" ".join(k) for k in keys], truncation=self.truncation, max_length=self.max_length,
+                                return_attention_mask=True, **kwargs)
+        dropped = {k for k in ("offset_mapping", "special_tokens_mask") if k not in self.tok_kwargs}  # ours only
+        blank = self._blank_tokens()
         out = []
         for j, words in enumerate(keys):
-            item = HFTokenClassInput({k: torch.tensor(enc[k][j]) for k in enc.keys()})
-            item["word_ids"] = torch.tensor([-1 if w is None else w for w in enc.word_ids(j)])
+            item = HFTokenClassInput({k: torch.tensor(enc[k][j]) for k in enc.keys() if k not in dropped})
+            markers = blank[np.minimum(np.asarray(enc["input_ids"][j]), len(blank) - 1)]
+            word_ids = word_ids_from_offsets(enc["offset_mapping"][j], enc["special_tokens_mask"][j], words, markers)
+            item["word_ids"] = torch.from_numpy(word_ids)
             item["n_words"] = torch.tensor([len(words)])
             out.append(item)
-        cut = sum(1 for k, x in zip(keys, out) if any(w.strip() for w in k[int(x["word_ids"].max()) + 1:]))
+        limit = self.max_length or self.hf_tokenizer.model_max_length
+        cut = sum(1 for k, x in zip(keys, out)  # words left without a token because the item is full
+                  if len(x["input_ids"]) >= limit and any(w.strip() for w in k[int(x["word_ids"].max()) + 1:]))
         if cut and self.truncation:
             warnings.warn(f"{cut} of {len(keys)} word lists are longer than max_length={self.max_length} tokens: "
                           "their last words are cut (not learned from in training; labelled None by predict). Raise "
@@ -135,8 +177,11 @@ class AlignWordLabels(ItemTransform):
         n_words = int(x["n_words"][0])
         if len(y) != n_words:
             raise ValueError(f"{n_words} words but {len(y)} labels: each word needs one label")
-        aligned = align_word_labels([None if w < 0 else w for w in x["word_ids"].tolist()], y.tolist(),
-                                    self.first_only)
+        word_ids, labels = x["word_ids"].tolist(), y.tolist()
+        aligned = align_word_labels([None if w < 0 else w for w in word_ids], labels, self.first_only)
+        for position, w in enumerate(word_ids):  # a word-start marker token: labelled too (word_ids_from_offsets)
+            if w <= -2:
+                aligned[position] = labels[-2 - w]
         return (x, TensorTokenLabels(torch.tensor(aligned)), *xy[2:])
 
     def decodes(self, xy):
