@@ -225,8 +225,15 @@ def train(args) -> None:
         report = validation_report(learn)  # in the context: each process validates its share, combined exactly
     out = learn.save_pretrained(args.out or "blurlite-model")  # rank 0 writes, the others wait for it
     _say("validation: " + ", ".join(f"{k} {v}" for k, v in report.items()))
-    _say(f"saved to {out} (load with load_pretrained_learner, transformers.pipeline or blurlite predict)")
+    also = f", or {pipeline_call(task, out)}" if task.pipeline else ""
+    _say(f"saved to {out}: load it with blurlite predict, load_pretrained_learner{also}")
     _leave_process_group()
+
+
+def pipeline_call(task, path) -> str:
+    "The `transformers.pipeline` call that loads the artifact at `path` and answers as the learner (truncation)."
+    kwargs = "".join(f", {k}={v!r}" for k, v in task.pipeline_kwargs.items())
+    return f"transformers.pipeline({task.pipeline!r}, model={str(path)!r}{kwargs})"
 
 
 def predict(args) -> None:

@@ -70,4 +70,22 @@ def get_hf_objects(
         hf_model = model_cls.from_pretrained(name, config=config, **model_kwargs)
     except OSError as e:
         raise _resolve_error(name, e) from e
+    _check_finite(hf_model, name)
     return HFObjects(config.model_type, config, hf_tokenizer, hf_model)
+
+
+def _check_finite(hf_model: torch.nn.Module, name: str) -> None:
+    """Zero a bias the checkpoint lacks that transformers left uninitialised (NaN/inf: e.g. Longformer's MLM head
+    bias loaded from a base-model checkpoint), with a warning; any other non-finite weight is an error."""
+    import warnings
+
+    for param_name, p in hf_model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            if param_name.endswith("bias"):
+                with torch.no_grad():
+                    p.zero_()
+                warnings.warn(f"{param_name} of {name!r} was not finite after loading (a head bias the checkpoint "
+                              "does not hold, left uninitialised by transformers): set to zero", stacklevel=3)
+            else:
+                raise ValueError(f"{param_name} of {name!r} holds NaN or inf values: the checkpoint is damaged, or "
+                                 "transformers left a weight it lacks uninitialised; re-save the checkpoint")

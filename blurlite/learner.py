@@ -125,35 +125,51 @@ def hf_outputs(self: Learner):
     return next((cb.model_outputs for cb in self.cbs if isinstance(cb, HFModelCallback)), None)
 
 
-def _encoder_blocks(base: nn.Module) -> nn.ModuleList:
-    "The transformer blocks: the `nn.ModuleList` holding the most parameters."
-    lists = [m for m in base.modules() if isinstance(m, nn.ModuleList)]
+def _encoder_blocks(base: nn.Module) -> tuple[nn.Module | None, nn.ModuleList]:
+    "The transformer blocks (the `nn.ModuleList` holding the most parameters) and the module that holds them."
+    lists = [(parent, m) for parent in base.modules() for m in parent.children() if isinstance(m, nn.ModuleList)]
     if not lists:
-        return nn.ModuleList()
-    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+        return None, nn.ModuleList()
+    return max(lists, key=lambda pm: sum(p.numel() for p in pm[1].parameters()))
 
 
 def hf_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     """Parameter groups: embeddings, one group per encoder block, then the head.
 
-    Parameters of the base model registered after the blocks (a pooler, a final norm) join the head. This makes
-    `freeze()` (train the head), `unfreeze()` and discriminative learning rates `slice(lo, hi)` work.
+    The body's parameters outside the blocks go with the embeddings (relative-position tables, norms and
+    projections that the encoder holds beside its blocks, as DeBERTa-v2 and MPNet have); a module after the
+    encoder that holds blocks of its own (Funnel's decoder) adds its blocks' groups. What the base model holds
+    after its blocks at its own level (a final norm, a pooler) joins the head, as does everything outside the base
+    model. This makes `freeze()` (train the head), `unfreeze()` and discriminative learning rates
+    `slice(lo, hi)` work.
     """
     hf_model = getattr(model, "hf_model", model)
     base = getattr(hf_model, "base_model", hf_model)
-    blocks = _encoder_blocks(base)
-    block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
-    groups = [[] for _ in range(len(blocks) + 2)]
-    seen, after_blocks = set(), False
-    for p in base.parameters():
-        if id(p) in block_of:
-            groups[1 + block_of[id(p)]].append(p)
-            after_blocks = True
-        else:
-            groups[-1 if after_blocks else 0].append(p)
+    holder, blocks = _encoder_blocks(base)
+    groups, group_of = [[]], {}
+    for block in blocks:
+        groups.append([])
+        group_of.update({id(p): len(groups) - 1 for p in block.parameters()})
+    body = {id(p) for p in holder.parameters()} if holder is not None and holder is not base else set()
+    seen, after_blocks, later = set(), False, {}
+    for name, p in base.named_parameters():
         seen.add(id(p))
-    groups[-1] += [p for p in model.parameters() if id(p) not in seen]
-    return [g for g in groups if g]
+        if id(p) in group_of:
+            groups[group_of[id(p)]].append(p)
+            after_blocks = True
+        elif id(p) in body or not after_blocks:
+            groups[0].append(p)
+        else:
+            later.setdefault(name.split(".")[0], []).append(p)
+    head = []
+    for child, params in later.items():  # a module after the blocks: its own blocks are body, the rest is head
+        _, own_blocks = _encoder_blocks(getattr(base, child)) if isinstance(getattr(base, child, None), nn.Module) \
+            else (None, nn.ModuleList())
+        in_blocks = {id(p) for p in own_blocks.parameters()}
+        groups += [[p for p in b.parameters()] for b in own_blocks if any(True for _ in b.parameters())]
+        head += [p for p in params if id(p) not in in_blocks]
+    head += [p for p in model.parameters() if id(p) not in seen]
+    return [g for g in [*groups, head] if g]
 
 
 class HFLearner(Learner):

@@ -100,6 +100,8 @@ def _save_pretrained(self: Learner, path: Path) -> Path:
         _write_atomically(config_file, json.dumps({**config, "model_max_length": block["max_length"]}, indent=2))
     settings = {"format": FORMAT_VERSION, "task": task.name, "versions": stack_versions(), "block": block,
                 "bs": self.dls.bs, "task_settings": task.settings(self.dls),
+                # how transformers answers as the learner: `pipeline(task, model=dir, **kwargs)`
+                "pipeline": {"task": task.pipeline, "kwargs": dict(task.pipeline_kwargs)} if task.pipeline else None,
                 "files": {f.name: _sha256(f) for f in sorted(path.iterdir())
                           if f.is_file() and f.name != SETTINGS_FILE and not f.name.startswith(".")}}
     _write_atomically(path / SETTINGS_FILE, json.dumps(settings, indent=2))

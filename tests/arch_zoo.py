@@ -236,3 +236,36 @@ def save_checkpoint(arch: Arch, path) -> str:
     tf.AutoModel.from_config(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def entity_type(tag) -> str:
+    return "O" if tag in (None, "O") else str(tag).split("-", 1)[-1]
+
+
+def word_types_from_entities(words, entities) -> list[str]:
+    "Each word's entity type from pipeline-style entities: the entity that covers most of its characters."
+    types, start = [], 0
+    for w in words:
+        end = start + len(w)
+        overlap = {i: min(end, e["end"]) - max(start, e["start"]) for i, e in enumerate(entities)}
+        best = max(overlap, key=overlap.get, default=None)
+        hit = entities[best] if best is not None and overlap[best] > 0 else None
+        types.append(entity_type(hit["entity_group"]) if hit else "O")
+        start = end + 1
+    return types
+
+
+def word_accuracies(learn, df) -> tuple[float, float]:
+    """Entity-type accuracy per word of a token-classification learner on `df` (words, tags), read two ways:
+    `learn.predict(words)` and `learn.predict_entities(" ".join(words), aggregation_strategy="first")`."""
+    right_words = right_text = total = 0
+    with learn.no_bar():
+        for words, tags in zip(df.words, df.tags):
+            gold = [entity_type(t) for t in tags]
+            via_words = [entity_type(t) for t in learn.predict(words)[0]]
+            via_text = word_types_from_entities(words, learn.predict_entities(" ".join(words),
+                                                                              aggregation_strategy="first"))
+            right_words += sum(a == b for a, b in zip(gold, via_words))
+            right_text += sum(a == b for a, b in zip(gold, via_text))
+            total += len(gold)
+    return right_words / total, right_text / total

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, BertTokenizer
 
 from blurlite.hf_objects import get_hf_objects
 
@@ -46,3 +46,22 @@ def test_unknown_hub_name_offline_gives_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="could not load 'no-such-org/no-such-model'.*local Hugging Face cache"):
         get_hf_objects("no-such-org/no-such-model")
+
+
+def test_a_weight_left_uninitialised_is_zeroed_if_a_bias_else_refused(tiny_bert_dir, tmp_path):
+    "transformers leaves some head biases a checkpoint lacks uninitialised (Longformer's MLM head): NaN in, NaN out."
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    BertTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="classifier.bias .* set to zero"):
+        hf_model = get_hf_objects(tmp_path).hf_model
+    assert torch.equal(hf_model.classifier.bias, torch.zeros_like(hf_model.classifier.bias))
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("inf")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="classifier.weight .* NaN or inf"):
+        get_hf_objects(tmp_path)

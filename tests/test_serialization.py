@@ -135,7 +135,7 @@ def test_transformers_pipeline_loads_the_artifact_and_agrees(saved):
     kind, learn, path = saved
     task = task_of(kind)
     example = task_example(task)
-    pipe = pipeline(task.pipeline, model=str(path))
+    pipe = pipeline(task.pipeline, model=str(path), **task.pipeline_kwargs)  # as blurlite.json and the README say
     got = [pipe(t, **example["pipeline_kwargs"]) for t in example["texts"]]
     if task.pipeline == "text-classification":  # one text: a one-element list
         got = [g[0] for g in got]

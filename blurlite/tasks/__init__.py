@@ -69,6 +69,8 @@ class HFTask:
     from_df: Callable  # (df, model, *, text_col, label_col, valid_col, valid_pct, bs, max_length, seed, **options)
     predict_json: Callable  # (learn, texts) -> one JSON-able result per text, as the task's pipeline answers
     pipeline: str | None = None  # the transformers pipeline that loads the artifact, e.g. "text-classification"
+    # what `pipeline(task.pipeline, model=dir, **pipeline_kwargs)` needs to answer as the learner does (truncation)
+    pipeline_kwargs: Mapping = field(default_factory=lambda: MappingProxyType({}))
     accepts: Callable | None = None  # dls -> bool; required when another task shares `input_type`
     prepare_model: Callable = _no_change  # (dls, hf_model) -> None: check the head, write labels into the config
     default_cbs: Callable = _no_callbacks  # dls -> callbacks `hf_learner` adds
@@ -88,7 +90,7 @@ class HFTask:
             value = getattr(self, name)
             if isinstance(value, (set, list, tuple, frozenset)) and not isinstance(value, kind):
                 object.__setattr__(self, name, kind(value))
-        for name in ("pad_values", "readers"):
+        for name in ("pad_values", "readers", "pipeline_kwargs"):
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, MappingProxyType(dict(value)))
@@ -124,6 +126,9 @@ def _check_field(task: HFTask, name: str, hint) -> str | None:
     if name == "pad_values":
         ok = isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, int) for k, v in value.items())
         return None if ok else "must map batch keys (str) to pad values (int)"
+    if name == "pipeline_kwargs":
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        return None if ok else "must map pipeline argument names (str) to values"
     if name == "readers":
         ok = isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith(".") and callable(v)
                                                  for k, v in value.items())

@@ -503,6 +503,7 @@ def _predict_json(learn, texts: list) -> list:
 TASK = register_task(HFTask(
     name=TASK_NAME, input_type=HFMLMInput, auto_model=AutoModelForMaskedLM, default_loss=_default_loss,
     default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls, from_df=_from_df,
-    predict_json=_predict_json, pipeline="fill-mask", prepare_model=_prepare_model, default_cbs=_default_cbs,
+    predict_json=_predict_json, pipeline="fill-mask", pipeline_kwargs={"tokenizer_kwargs": {"truncation": True}},
+    prepare_model=_prepare_model, default_cbs=_default_cbs,
     non_model_keys=NON_MODEL_KEYS, pad_values=PAD_VALUES, columns=("text", None), readers={".txt": _read_lines},
     aliases=("masked-lm", "mlm"), description="masked language modelling on a text column, or a .txt file of lines"))

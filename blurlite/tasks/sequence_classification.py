@@ -344,6 +344,7 @@ def hf_predict_json(learn, texts: list) -> list:
 TASK = register_task(HFTask(
     name=TASK_NAME, input_type=HFTextInput, auto_model=AutoModelForSequenceClassification,
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
-    from_df=_from_df, predict_json=hf_predict_json, pipeline="text-classification", accepts=_is_categorical,
+    from_df=_from_df, predict_json=hf_predict_json, pipeline="text-classification",
+    pipeline_kwargs={"truncation": True}, accepts=_is_categorical,
     prepare_model=_prepare_model, aliases=("classification", "sequence-classification"),
     description="labels of texts or text pairs: single-label, or multi-label (delimited or 0/1 columns)"))
