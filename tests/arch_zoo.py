@@ -154,6 +154,7 @@ def _llama_tokenizer():
     vocab, merges = metaspace_bpe(("<unk>", "<s>", "</s>"))
     tok = tf.LlamaTokenizer(vocab=vocab, merges=merges)
     tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # as decoder checkpoints often ship: batches pad on the left
     return tok
 
 
@@ -222,7 +223,7 @@ ARCHS = {a.name: a for a in [
     Arch("llama", "metaspace BPE", _llama_tokenizer,
          lambda t: tf.LlamaConfig(**SMALL, num_key_value_heads=1, vocab_size=len(t), pad_token_id=t.pad_token_id,
                                   max_position_embeddings=128), tasks=("text-classification",),
-         quirks="no pad token: set `tokenizer.pad_token = tokenizer.eos_token`, as for GPT-2"),
+         quirks="no pad token: set `tokenizer.pad_token = tokenizer.eos_token`, as for GPT-2; pads on the left"),
 ]}
 
 

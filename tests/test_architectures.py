@@ -164,3 +164,10 @@ def test_ner_labels_running_text_as_well_as_word_lists(name, checkpoints):
     print(f"\n{name}: word accuracy via word lists {via_words:.3f}, via running text {via_text:.3f}")
     assert via_words > 0.85  # it learned something, so that the comparison means something
     assert abs(via_words - via_text) <= 0.03
+
+
+def test_a_left_padding_decoder_pads_its_batches_on_the_left(checkpoints):
+    dls = get_task("text-classification").from_df(review_rows(32), checkpoints(ARCHS["llama"]), valid_col="is_valid",
+                                                  bs=8, seed=0)
+    x = dls.one_batch()[0]
+    assert (x["attention_mask"][:, -1] == 1).all() and (x["attention_mask"][:, 0] == 0).any()
