@@ -217,12 +217,12 @@ ARCHS = {a.name: a for a in [
                 "transformers warns"),
     Arch("gpt2", "byte-level BPE", _gpt2_tokenizer,
          lambda t: tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=len(t),
-                                 pad_token_id=t.pad_token_id), tasks=("text-classification",),
+                                 pad_token_id=t.pad_token_id), tasks=("text-classification", "token-classification"),
          quirks="no pad token: set `tokenizer.pad_token = tokenizer.eos_token` (the head reads the last non-pad "
                 "token; transformers finds it on either padding side)"),
     Arch("llama", "metaspace BPE", _llama_tokenizer,
          lambda t: tf.LlamaConfig(**SMALL, num_key_value_heads=1, vocab_size=len(t), pad_token_id=t.pad_token_id,
-                                  max_position_embeddings=128), tasks=("text-classification",),
+                                  max_position_embeddings=128), tasks=("text-classification", "token-classification"),
          quirks="no pad token: set `tokenizer.pad_token = tokenizer.eos_token`, as for GPT-2; pads on the left"),
 ]}
 
