@@ -24,8 +24,7 @@ from .fastai_compat import DOC_IDS, support_mapping_batches
 
 __all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
            "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words", "pad_batches",
-           "DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows", "pack_windows",
-           "is_document"]
+           "DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows", "is_document"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
 _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
@@ -413,30 +412,13 @@ def aggregate_windows(preds: torch.Tensor, doc_ids: torch.Tensor, how: str = "me
     n_docs = int(doc_ids.max()) + 1 if len(doc_ids) else 0
     index = doc_ids.to(preds.device).long()
     if how == "max":
-        out = preds.new_full((n_docs, *preds.shape[1:]), float("-inf"))
-        return out.index_reduce(0, index, preds, "amax")
+        spread = index.view(-1, *([1] * (preds.ndim - 1))).expand_as(preds)
+        return preds.new_zeros((n_docs, *preds.shape[1:])).scatter_reduce(0, spread, preds, "amax", include_self=False)
     if how != "mean":
         raise ValueError(f"window_agg must be one of {WINDOW_AGGREGATIONS}, got {how!r}")
     total = preds.new_zeros((n_docs, *preds.shape[1:])).index_add(0, index, preds)
     counts = torch.bincount(index, minlength=n_docs).to(preds.dtype)
     return total / counts.view(-1, *([1] * (preds.ndim - 1)))
-
-
-def pack_windows(order, n_windows, bs: int) -> list[list[int]]:
-    """Documents `order` (positions into `n_windows`, their window counts) packed into batches of at most `bs`
-    windows, in order; a document with more windows than `bs` makes a batch of its own (the model then runs it in
-    chunks of `bs` windows)."""
-    batches, current, size = [], [], 0
-    for i in order:
-        n = n_windows[i]
-        if current and size + n > bs:
-            batches.append(current)
-            current, size = [], 0
-        current.append(i)
-        size += n
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _window(x: Mapping, k: int) -> HFTextInput:
@@ -463,9 +445,11 @@ class HFWindowedDL(HFSortedDL):
 
     The shuffled training loader takes windows as its items, each with its document's target (bucketed by length,
     as ever). Every other loader (validation, `get_preds`, `show_results`, `test_dl`, `predict`) takes documents:
-    a batch holds whole documents, up to `bs` windows (a longer document alone), and `doc_ids` (not a model input)
-    says which document each window is from; `HFModelCallback` turns the window logits into one row per document
-    (`window_agg`: "mean" or "max" of the logits), so losses, metrics and predictions are per document.
+    a batch holds `bs` whole documents (bucketed by length), their windows in one padded dict, and `doc_ids` (not a
+    model input) says which document each window is from. The model runs such a batch `bs` windows at a time
+    (`HFModelWrapper`), so a document of any length fits in memory; `HFModelCallback` turns the window logits into
+    one row per document (`window_agg`: "mean" or "max" of the logits), so losses, metrics and predictions are per
+    document.
     """
 
     def __init__(self, dataset, window_agg: str = "mean", window_lengths: list | None = None, res=None,
@@ -517,21 +501,6 @@ class HFWindowedDL(HFSortedDL):
         middle = [batches[1 + i] for i in np.random.permutation(len(batches) - 2)] if len(batches) > 2 else []
         ordered = [batches[0], *middle] + ([batches[-1]] if len(batches) > 1 else [])
         return iter(np.concatenate(ordered))
-
-    def __len__(self):
-        if self.window_items or self.bs is None:
-            return super().__len__()
-        order = sorted(range(self.n), key=lambda i: self.res[i], reverse=True)
-        return len(pack_windows(order, self.n_windows, self.bs))
-
-    def create_batches(self, samps):
-        if self.window_items or self.bs is None:
-            yield from super().create_batches(samps)
-            return
-        for group in pack_windows(list(samps), self.n_windows, self.bs):
-            items = [item for item in map(self.do_item, group) if item is not None]
-            if items:
-                yield self.do_batch(items)
 
     def create_batch(self, samples):
         if not samples or not is_document(samples[0][0]):

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
 from ..data import (DOC_IDS, HFTextBlock, HFTextInput, HFTextPair, aggregate_windows, find_hf_transform, is_document,
-                    pack_windows, split_rows, truncate_words)
+                    split_rows, truncate_words)
 from ..hf_objects import get_hf_objects
 from . import HFTask, load_builtin_tasks, register_task, set_model_labels, task_for
 
@@ -295,17 +295,16 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
     inputs = tfm.tokenize([tfm.key(t, lambda: f"text {i}") for i, t in enumerate(items)])
     bs, probs = bs or dl.bs or 16, [None] * len(items)
     windows = bool(inputs) and is_document(inputs[0])
-    if windows:  # documents longest first, packed into batches of at most `bs` windows
+    if windows:  # `bs` documents a batch, their windows through the model `bs` at a time
         order = np.argsort([-sum(len(w) for w in x["input_ids"]) for x in inputs], kind="stable")
-        batches = pack_windows(order, [len(x["input_ids"]) for x in inputs], bs)
-        getattr(self.model, "module", self.model).window_bs = bs  # a document of many windows: `bs` at a time
+        getattr(self.model, "module", self.model).window_bs = bs
     else:
         order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
-        batches = [order[start:start + bs] for start in range(0, len(order), bs)]
     activation, device = _scores(self), next(self.model.parameters()).device
     self.model.eval()
     with torch.inference_mode():
-        for chunk in batches:
+        for start in range(0, len(order), bs):
+            chunk = order[start:start + bs]
             batch = dl.create_batch([(inputs[i],) for i in chunk])[0]
             logits = task.pred_from_outputs(self.model(to_device(dict(batch), device)))
             if windows:
@@ -346,9 +345,10 @@ def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> D
 
 
 def _from_df(df, model, text_col="text", label_col="label", valid_col=None, valid_pct=0.2, bs=16, max_length=None,
-             seed=None):
+             seed=None, long_texts="truncate", stride=None):
     return HFTextDataLoaders.from_df(df, model, text_col=text_col, label_col=label_col or "label",
-                                     valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed)
+                                     valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed,
+                                     long_texts=long_texts, stride=stride)
 
 
 def hf_predict_json(learn, texts: list) -> list:
