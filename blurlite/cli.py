@@ -203,8 +203,8 @@ def _window_options(args, task) -> dict:
     if args.long_texts in (None, "truncate"):
         return {}
     if "long_texts" not in inspect.signature(task.from_df).parameters:
-        raise CommandError(f"--long-texts windows: task {task.name!r} has no windows (text-classification and "
-                           "text-regression do)")
+        raise CommandError(f"--long-texts windows: task {task.name!r} has no windows (its from_df takes no "
+                           "long_texts); see blurlite train --help for the tasks")
     return {"long_texts": args.long_texts, **({"stride": args.stride} if args.stride is not None else {})}
 
 
@@ -308,7 +308,8 @@ def _parser(with_tasks: bool = False) -> argparse.ArgumentParser:
     t.add_argument("--bs", type=int, default=16, help="batch size (per process)")
     t.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's max)")
     t.add_argument("--long-texts", choices=["truncate", "windows"],
-                   help="texts beyond --max-length: truncate (default) or cut into overlapping windows, scored per text")
+                   help="texts beyond --max-length: truncate (default) or cut into overlapping windows, "
+                        "scored per text")
     t.add_argument("--stride", type=int, metavar="N",
                    help="with --long-texts windows: tokens neighbouring windows share (default max-length // 4)")
     t.add_argument("--num-processes", type=int, metavar="N",

@@ -90,6 +90,15 @@ def _column_name(items) -> str | None:
     return None
 
 
+def _singles_and_pairs(keys: list) -> list[tuple]:
+    "`(positions, texts, text_pairs)` of the single texts (text_pairs None) and of the pairs among `keys`, if any."
+    singles = [i for i, k in enumerate(keys) if isinstance(k, str)]
+    pairs = [i for i, k in enumerate(keys) if not isinstance(k, str)]
+    groups = [(singles, [keys[i] for i in singles], None),
+              (pairs, [keys[i][0] for i in pairs], [keys[i][1] for i in pairs])]
+    return [g for g in groups if g[0]]
+
+
 class HFTokenize(ItemTransform):
     "Tokenize a text or a `[text, text_pair]` once: `setups` tokenizes every item in one batched call."
     train_setup = False  # setups sees training and validation items alike: both are tokenized up front
@@ -132,13 +141,8 @@ class HFTokenize(ItemTransform):
         With `long_texts="windows"` each value is a list with one 1-D tensor per window of the document."""
         if self.long_texts == "windows":
             return self._tokenize_windows(keys)
-        singles = [i for i, k in enumerate(keys) if isinstance(k, str)]
-        pairs = [i for i, k in enumerate(keys) if not isinstance(k, str)]
         out = [None] * len(keys)
-        for idxs, texts, text_pairs in ((singles, [keys[i] for i in singles], None),
-                                        (pairs, [keys[i][0] for i in pairs], [keys[i][1] for i in pairs])):
-            if not idxs:
-                continue
+        for idxs, texts, text_pairs in _singles_and_pairs(keys):
             enc = self.hf_tokenizer(texts, text_pairs, truncation=self.truncation, max_length=self.max_length,
                                     return_attention_mask=True, **self.tok_kwargs)
             for j, i in enumerate(idxs):
@@ -150,12 +154,7 @@ class HFTokenize(ItemTransform):
         shared by neighbours: the fast tokenizer's overflow (as HF's question answering); pairs keep the first text
         whole in every window and cut the second."""
         out = [None] * len(keys)
-        singles = [i for i, k in enumerate(keys) if isinstance(k, str)]
-        pairs = [i for i, k in enumerate(keys) if not isinstance(k, str)]
-        for idxs, texts, text_pairs in ((singles, [keys[i] for i in singles], None),
-                                        (pairs, [keys[i][0] for i in pairs], [keys[i][1] for i in pairs])):
-            if not idxs:
-                continue
+        for idxs, texts, text_pairs in _singles_and_pairs(keys):
             try:
                 enc = self.hf_tokenizer(texts, text_pairs, truncation=True if text_pairs is None else "only_second",
                                         max_length=self.max_length, stride=self.stride, return_overflowing_tokens=True,
@@ -200,7 +199,7 @@ class HFTokenize(ItemTransform):
         return segments
 
     def _merge_windows(self, windows: list[list[int]]) -> list[list[int]]:
-        "A document's segments from its windows: the cut (last) segment of each window after the first loses the `stride` tokens it shares."
+        "A document's segments from its windows: the cut (last) segment of a window loses the `stride` tokens it shares."
         special = set(self.hf_tokenizer.all_special_ids)
         per_window = [[s for s in ([t for t in seg if t not in special] for seg in self._segments(w)) if s]
                       for w in windows]
@@ -293,7 +292,7 @@ def _split_documents(fields: list, max_n: int) -> list[tuple]:
 
 
 def unpad_batch(b, max_n: int = 9) -> list[tuple]:
-    "Split a batch `(x_dict, y, ...)` into at most `max_n` samples with padding removed (a document per sample for windows)."
+    "Split a batch `(x_dict, y, ...)` into at most `max_n` samples with padding removed (windows: one per document)."
     fields = list(b) if isinstance(b, (tuple, list)) else [b]
     if isinstance(fields[0], Mapping) and DOC_IDS in fields[0]:
         return _split_documents(fields, max_n)
@@ -462,7 +461,7 @@ class HFWindowedDL(HFSortedDL):
         self.n_windows = [len(w) for w in self.window_lengths]
         if self.window_items:
             self.window_doc = np.repeat(np.arange(len(self.n_windows)), self.n_windows)
-            self.window_k = np.concatenate([np.arange(n) for n in self.n_windows]) if self.n_windows else np.zeros(0, int)
+            self.window_k = np.concatenate([np.arange(n) for n in self.n_windows] or [np.zeros(0, int)])
             self.res = [n for w in self.window_lengths for n in w]
         else:
             self.res = [sum(w) for w in self.window_lengths]

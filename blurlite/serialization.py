@@ -56,7 +56,8 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def block_settings(dls) -> dict:
-    "The text block's arguments that shape the model's inputs: max_length, padding, truncation, tok_kwargs (and long_texts, stride, window_agg with windows)."
+    """The text block's arguments that shape the model's inputs: max_length, padding, truncation, tok_kwargs (and
+    long_texts, stride, window_agg with windows)."""
     tfm = find_hf_transform(dls)
     settings = {"max_length": tfm.max_length, "padding": "max_length" if getattr(dls.train, "pad_to", None) else True,
                 "truncation": tfm.truncation, "tok_kwargs": tfm.tok_kwargs}
