@@ -578,6 +578,8 @@ class HFTextBlock(TransformBlock):
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length (the model reports no limit)")
         self.max_length = max_length
+        if long_texts == "truncate" and (stride is not None or window_agg != "mean"):
+            raise ValueError("stride and window_agg are for long_texts='windows' (texts are truncated otherwise)")
         windows = {} if long_texts == "truncate" else _window_settings(hf_tokenizer, max_length, truncation,
                                                                        long_texts, stride, window_agg)
         tokenize = self.tokenize_cls(hf_tokenizer, max_length=max_length, truncation=truncation,

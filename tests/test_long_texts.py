@@ -118,6 +118,11 @@ def test_bad_window_settings_fail_clearly(tiny_objects, kwargs, message):
         HFTextBlock(*tiny_objects, max_length=MAX_LENGTH, **{"long_texts": "windows", **kwargs})
 
 
+def test_stride_without_windows_fails_clearly(tiny_objects):
+    with pytest.raises(ValueError, match="for long_texts='windows'"):
+        HFTextBlock(*tiny_objects, max_length=MAX_LENGTH, stride=4)
+
+
 # split integrity and per-document results
 def test_training_items_are_windows_of_training_documents_only(tiny_bert_dir):
     df = long_reviews(24)
@@ -224,6 +229,21 @@ def test_text_regression_with_windows_is_per_document(tiny_bert_dir):
     preds, targets = hf_learner(dls).get_preds()
     assert preds.shape == (df.is_valid.sum(), 1)
     assert torch.equal(targets.view(-1), torch.tensor(df.score[df.is_valid].values, dtype=torch.float32))
+
+
+def test_text_pairs_and_multi_label_are_per_document(tiny_bert_dir):
+    df = long_reviews(30)
+    df["first"] = ["a film" if i % 2 else "the movie" for i in range(len(df))]
+    dls = windowed_dls(df, tiny_bert_dir, text_col=["first", "text"])
+    learn = hf_learner(dls)
+    probs, _ = learn.get_preds()
+    assert probs.shape == (df.is_valid.sum(), 2) and dls.train.n > len(dls.train_ds)
+    pair = ("a film", df.text[df.is_valid].iloc[0])
+    assert learn.hf_predict([pair])[0]["score"] == pytest.approx(float(probs[0].max()), abs=1e-5)
+    df["tags"] = ["positive;long" if i % 3 else "negative" for i in range(len(df))]
+    multi = hf_learner(windowed_dls(df, tiny_bert_dir, label_col="tags", label_delim=";"))
+    probs, targets = multi.get_preds()
+    assert probs.shape == targets.shape == (df.is_valid.sum(), 3) and 0 <= probs.min() and probs.max() <= 1
 
 
 # saving keeps the setting
