@@ -565,6 +565,10 @@ def _input_length(item) -> int:
 class HFTextBlock(TransformBlock):
     """A `TransformBlock` for a `str` or a `[text, text_pair]`: batches are padded dicts of tensors.
 
+    Texts longer than `max_length` are truncated, or with `long_texts="windows"` cut into overlapping windows
+    (`stride` tokens shared, default max_length // 4; see `HFWindowedDL`), whose logits make one prediction per text
+    (`window_agg`: "mean" or "max").
+
     Example: `DataBlock(blocks=(HFTextBlock(*hf_objects, max_length=128), CategoryBlock), get_x=ColReader("text"), ...)`
     """
     tokenize_cls = HFTokenize

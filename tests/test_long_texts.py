@@ -283,3 +283,8 @@ def test_command_line_trains_with_windows_and_predicts_long_texts(tiny_bert_dir,
     assert len(lines) == 2 and all(json.loads(line)["label"] in ("positive", "negative") for line in lines)
     assert cli.main(["train", "--data", str(data), "--model", str(tiny_bert_dir), "--stride", "3"]) != 0
     assert "--stride is for --long-texts windows" in capsys.readouterr().err
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(long_reviews(10).text))
+    assert cli.main(["train", "--task", "masked-lm", "--data", str(corpus), "--model", str(tiny_bert_dir),
+                     "--long-texts", "windows"]) != 0
+    assert "task 'fill-mask' has no windows" in capsys.readouterr().err
