@@ -2,6 +2,7 @@
 from .checks import is_missing
 from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPair, HFTokenize, TensorTokenLabels,
                    find_hf_transform, model_max_length, split_rows)
+from .data import DOC_IDS, LONG_TEXTS, WINDOW_AGGREGATIONS, HFWindowedDL, aggregate_windows
 from .losses import TokenCrossEntropyLossFlat
 from .hf_objects import HFObjects, get_hf_objects
 from .learner import HFLearner, HFModelCallback, HFModelWrapper, hf_learner, hf_splitter
@@ -20,6 +21,7 @@ __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPa
            "set_model_labels", "targets_as_labels", "task_for", "HFTextDataLoaders", "OneHotColumns", "TextTargets",
            "is_multi_label", "register_text_targets", "target_transforms", "FloatColumns", "PearsonR", "is_regression", "pearsonr",
            "is_missing", "load_pretrained_learner", "IncompatibleArtifactError", "stack_versions"]
+__all__ += ["DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows"]
 from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassDataLoaders, HFTokenClassInput, HFTokenizeWords,
                                          HFWords, SeqevalMetric, TokenCategorize, TokenCategoryBlock, align_word_labels,
                                          entity_f1, entity_precision, entity_recall, read_conll, token_accuracy,

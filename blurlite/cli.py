@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -106,6 +107,8 @@ def _check_train_args(args) -> None:
         raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
     if args.data is not None and not Path(args.data).is_file():
         raise CommandError(f"no data file at {str(args.data)!r}")
+    if args.stride is not None and args.long_texts != "windows":
+        raise CommandError("--stride is for --long-texts windows")
     if args.data is not None:
         _check_task_and_columns(args)
 
@@ -195,6 +198,16 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _window_options(args, task) -> dict:
+    "`--long-texts`/`--stride` as `from_df` options, for a task whose `from_df` takes them."
+    if args.long_texts in (None, "truncate"):
+        return {}
+    if "long_texts" not in inspect.signature(task.from_df).parameters:
+        raise CommandError(f"--long-texts windows: task {task.name!r} has no windows (its from_df takes no "
+                           "long_texts); see blurlite train --help for the tasks")
+    return {"long_texts": args.long_texts, **({"stride": args.stride} if args.stride is not None else {})}
+
+
 def train(args) -> None:
     _check_train_args(args)  # before the heavy imports below: a bad argument is reported at once
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
@@ -214,7 +227,7 @@ def train(args) -> None:
     kwargs = dict(text_col=args.text_col or text_col, label_col=args.label_col or label_col,
                   valid_col=args.valid_col, valid_pct=args.valid_pct, bs=args.bs, max_length=args.max_length,
                   seed=args.seed)
-    kwargs = {**{k: v for k, v in kwargs.items() if v is not None}, **options}
+    kwargs = {**{k: v for k, v in kwargs.items() if v is not None}, **options, **_window_options(args, task)}
     dls = task.from_df(df, args.model or _default_model(), **kwargs)
     learn = hf_learner(dls)
     processes = _world_size()
@@ -301,6 +314,11 @@ def _parser(with_tasks: bool = False) -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-4, help="maximum learning rate of fit_one_cycle")
     t.add_argument("--bs", type=int, default=16, help="batch size (per process)")
     t.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's max)")
+    t.add_argument("--long-texts", choices=["truncate", "windows"],
+                   help="texts beyond --max-length: truncate (default) or cut into overlapping windows, "
+                        "scored per text")
+    t.add_argument("--stride", type=int, metavar="N",
+                   help="with --long-texts windows: tokens neighbouring windows share (default max-length // 4)")
     t.add_argument("--num-processes", type=int, metavar="N",
                    help="train on N processes of this machine, data parallel: each step, each process takes "
                         "its own batch of --bs items (N x bs in all). blurlite starts them with torch's launcher "

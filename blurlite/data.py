@@ -20,13 +20,16 @@ from fasttransform import ItemTransform
 from torch.nn.utils.rnn import pad_sequence
 
 from .checks import check_batch_size, check_columns, describe_item, is_missing, plain
-from .fastai_compat import support_mapping_batches
+from .fastai_compat import DOC_IDS, support_mapping_batches
 
 __all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
-           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words", "pad_batches"]
+           "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words", "pad_batches",
+           "DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows", "is_document"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
 _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
+LONG_TEXTS = ("truncate", "windows")  # what `HFTextBlock(long_texts=...)` does with a text beyond max_length
+WINDOW_AGGREGATIONS = ("mean", "max")  # how a document's window logits make its own (`window_agg`)
 
 
 class HFTextInput(dict):
@@ -87,16 +90,30 @@ def _column_name(items) -> str | None:
     return None
 
 
+def _singles_and_pairs(keys: list) -> list[tuple]:
+    "`(positions, texts, text_pairs)` of the single texts (text_pairs None) and of the pairs among `keys`, if any."
+    singles = [i for i, k in enumerate(keys) if isinstance(k, str)]
+    pairs = [i for i, k in enumerate(keys) if not isinstance(k, str)]
+    groups = [(singles, [keys[i] for i in singles], None),
+              (pairs, [keys[i][0] for i in pairs], [keys[i][1] for i in pairs])]
+    return [g for g in groups if g[0]]
+
+
 class HFTokenize(ItemTransform):
     "Tokenize a text or a `[text, text_pair]` once: `setups` tokenizes every item in one batched call."
     train_setup = False  # setups sees training and validation items alike: both are tokenized up front
     input_type = HFTextInput
     _retain = False
+    # class defaults: learners exported before long documents existed truncate
+    long_texts, stride, window_agg = "truncate", None, "mean"
 
-    def __init__(self, hf_tokenizer, max_length: int | None = None, truncation=True, tok_kwargs: dict | None = None):
+    def __init__(self, hf_tokenizer, max_length: int | None = None, truncation=True, tok_kwargs: dict | None = None,
+                 long_texts: str = "truncate", stride: int | None = None, window_agg: str = "mean"):
         super().__init__()
         self.hf_tokenizer, self.max_length, self.truncation = hf_tokenizer, max_length, truncation
         self.tok_kwargs = dict(tok_kwargs or {})
+        if long_texts != "truncate":  # only set when used: the default transform stays as it was
+            self.long_texts, self.stride, self.window_agg = long_texts, stride, window_agg
         self.input_types = (str, list, tuple, L)  # lets `test_dl`/`predict` start the pipeline here
         self._cache, self.pairs = {}, False
 
@@ -119,18 +136,42 @@ class HFTokenize(ItemTransform):
         return _text_key(x, where)
 
     def tokenize(self, keys: list) -> list[HFTextInput]:
-        "Tokenize texts and text pairs in batched calls of the fast tokenizer; one `HFTextInput` per key."
-        singles = [i for i, k in enumerate(keys) if isinstance(k, str)]
-        pairs = [i for i, k in enumerate(keys) if not isinstance(k, str)]
+        """Tokenize texts and text pairs in batched calls of the fast tokenizer; one `HFTextInput` per key.
+
+        With `long_texts="windows"` each value is a list with one 1-D tensor per window of the document."""
+        if self.long_texts == "windows":
+            return self._tokenize_windows(keys)
         out = [None] * len(keys)
-        for idxs, texts, text_pairs in ((singles, [keys[i] for i in singles], None),
-                                        (pairs, [keys[i][0] for i in pairs], [keys[i][1] for i in pairs])):
-            if not idxs:
-                continue
+        for idxs, texts, text_pairs in _singles_and_pairs(keys):
             enc = self.hf_tokenizer(texts, text_pairs, truncation=self.truncation, max_length=self.max_length,
                                     return_attention_mask=True, **self.tok_kwargs)
             for j, i in enumerate(idxs):
                 out[i] = HFTextInput({k: torch.tensor(enc[k][j]) for k in enc.keys()})
+        return out
+
+    def _tokenize_windows(self, keys: list) -> list[HFTextInput]:
+        """Documents as overlapping windows of at most `max_length` tokens, special tokens included, `stride` tokens
+        shared by neighbours: the fast tokenizer's overflow (as HF's question answering); pairs keep the first text
+        whole in every window and cut the second."""
+        out = [None] * len(keys)
+        for idxs, texts, text_pairs in _singles_and_pairs(keys):
+            try:
+                enc = self.hf_tokenizer(texts, text_pairs, truncation=True if text_pairs is None else "only_second",
+                                        max_length=self.max_length, stride=self.stride, return_overflowing_tokens=True,
+                                        return_attention_mask=True, **self.tok_kwargs)
+            except Exception as e:  # tokenizers raises a bare Exception when the first text leaves no room
+                if text_pairs is None or "truncat" not in str(e).lower():
+                    raise
+                raise ValueError(f"long_texts='windows' keeps the first text of a pair whole in every window: with "
+                                 f"max_length={self.max_length} and stride={self.stride}, a first text leaves no "
+                                 "room for the second; shorten the first texts, raise max_length or lower stride "
+                                 f"({e})") from e
+            windows = [[] for _ in idxs]
+            for w, doc in enumerate(enc["overflow_to_sample_mapping"]):
+                windows[doc].append(w)
+            names = [k for k in enc.keys() if k != "overflow_to_sample_mapping"]
+            for j, i in enumerate(idxs):
+                out[i] = HFTextInput({k: [torch.tensor(enc[k][w]) for w in windows[j]] for k in names})
         return out
 
     def encodes(self, x: str | list | tuple | L) -> HFTextInput:
@@ -140,7 +181,12 @@ class HFTokenize(ItemTransform):
 
     def decodes(self, x: HFTextInput):
         "Readable text (an `HFTextPair` for pairs), split at separator tokens, special tokens dropped."
-        ids = x["input_ids"].tolist()
+        if is_document(x):
+            return self._decode_segments(self._merge_windows([w.tolist() for w in x["input_ids"]]))
+        return self._decode_segments(self._segments(x["input_ids"].tolist()))
+
+    def _segments(self, ids: list[int]) -> list[list[int]]:
+        "Token ids split at separator tokens."
         sep = self.hf_tokenizer.sep_token_id
         segments, current = [], []
         for token in ids:
@@ -150,6 +196,18 @@ class HFTokenize(ItemTransform):
             else:
                 current.append(token)
         segments.append(current)
+        return segments
+
+    def _merge_windows(self, windows: list[list[int]]) -> list[list[int]]:
+        "A document's segments from its windows: the cut (last) segment of a window loses the `stride` tokens it shares."
+        special = set(self.hf_tokenizer.all_special_ids)
+        per_window = [[s for s in ([t for t in seg if t not in special] for seg in self._segments(w)) if s]
+                      for w in windows]
+        per_window = [w or [[]] for w in per_window]
+        last = per_window[0][-1] + [t for w in per_window[1:] for t in w[-1][self.stride or 0:]]
+        return per_window[0][:-1] + [last]
+
+    def _decode_segments(self, segments: list[list[int]]):
         texts = [self.hf_tokenizer.decode(s, skip_special_tokens=True) for s in segments]
         texts = [t for t in texts if t.strip()] or [""]
         return TitledStr(texts[0]) if len(texts) == 1 else HFTextPair(TitledStr(texts[0]), TitledStr(" ".join(texts[1:])))
@@ -214,9 +272,30 @@ def _split_field(field, keep, n: int) -> list:
     return list(batch_to_samples(field, max_n=n))
 
 
+def is_document(x) -> bool:
+    "Whether `x` is one document cut into windows (`HFTextBlock(long_texts=\"windows\")`): lists of 1-D tensors."
+    return isinstance(x, Mapping) and isinstance(x.get("input_ids"), list)
+
+
+def _split_documents(fields: list, max_n: int) -> list[tuple]:
+    "Samples of a batch of windows: one per document, its windows' values as lists of unpadded 1-D tensors."
+    x = fields[0]
+    doc_ids, keep = x[DOC_IDS], x.get("attention_mask")
+    n = min(max_n, int(doc_ids.max()) + 1 if len(doc_ids) else 0)
+    docs = []
+    for d in range(n):
+        rows = torch.nonzero(doc_ids == d).flatten().tolist()
+        docs.append(type(x)({k: [_unpad(v[r], None if keep is None else keep[r]) for r in rows]
+                             for k, v in x.items() if k != DOC_IDS}))
+    columns = [docs] + [_split_field(f, None, n) for f in fields[1:]]
+    return [tuple(c[i] for c in columns) for i in range(n)]
+
+
 def unpad_batch(b, max_n: int = 9) -> list[tuple]:
-    "Split a batch `(x_dict, y, ...)` into at most `max_n` samples with padding removed."
+    "Split a batch `(x_dict, y, ...)` into at most `max_n` samples with padding removed (windows: one per document)."
     fields = list(b) if isinstance(b, (tuple, list)) else [b]
+    if isinstance(fields[0], Mapping) and DOC_IDS in fields[0]:
+        return _split_documents(fields, max_n)
     masks = [f["attention_mask"] for f in fields if isinstance(f, Mapping) and "attention_mask" in f]
     keep = masks[0] if masks else None
     first = fields[0]
@@ -326,6 +405,115 @@ class HFSortedDL(SortedDL):
         return L(unpad_batch(b, max_n=max_n)).map(f)
 
 
+def aggregate_windows(preds: torch.Tensor, doc_ids: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """One row per document from one row per window: the mean (default) or the element-wise max of its windows'
+    rows (logits, before any activation). `doc_ids[i]` is window i's document, 0 to n_docs - 1."""
+    n_docs = int(doc_ids.max()) + 1 if len(doc_ids) else 0
+    index = doc_ids.to(preds.device).long()
+    if how == "max":
+        spread = index.view(-1, *([1] * (preds.ndim - 1))).expand_as(preds)
+        return preds.new_zeros((n_docs, *preds.shape[1:])).scatter_reduce(0, spread, preds, "amax", include_self=False)
+    if how != "mean":
+        raise ValueError(f"window_agg must be one of {WINDOW_AGGREGATIONS}, got {how!r}")
+    total = preds.new_zeros((n_docs, *preds.shape[1:])).index_add(0, index, preds)
+    counts = torch.bincount(index, minlength=n_docs).to(preds.dtype)
+    return total / counts.view(-1, *([1] * (preds.ndim - 1)))
+
+
+def _window(x: Mapping, k: int) -> HFTextInput:
+    "Window `k` of document `x`, as an ordinary tokenized item."
+    return type(x)({key: v[k] for key, v in x.items()})
+
+
+def _window_lengths(dl) -> list[list[int]]:
+    "Token count of every window of every document of `dl`'s dataset (once, when the loader is built)."
+    lengths = []
+    for i in range(len(dl.dataset)):
+        try:
+            item = dl.after_item(dl.dataset[i])
+        except (KeyError, ValueError, TypeError) as e:
+            message = e.args[0] if e.args else repr(e)
+            raise ValueError(f"{describe_item(dl.dataset, i)}: {message}") from e
+        x = item[0] if isinstance(item, tuple) else item
+        lengths.append([len(w) for w in x["input_ids"]])
+    return lengths
+
+
+class HFWindowedDL(HFSortedDL):
+    """An `HFSortedDL` over documents cut into windows (`HFTextBlock(long_texts="windows")`).
+
+    The shuffled training loader takes windows as its items, each with its document's target (bucketed by length,
+    as ever). Every other loader (validation, `get_preds`, `show_results`, `test_dl`, `predict`) takes documents:
+    a batch holds `bs` whole documents (bucketed by length), their windows in one padded dict, and `doc_ids` (not a
+    model input) says which document each window is from. The model runs such a batch `bs` windows at a time
+    (`HFModelWrapper`), so a document of any length fits in memory; `HFModelCallback` turns the window logits into
+    one row per document (`window_agg`: "mean" or "max" of the logits), so losses, metrics and predictions are per
+    document.
+    """
+
+    def __init__(self, dataset, window_agg: str = "mean", window_lengths: list | None = None, res=None,
+                 drop_last=False, **kwargs):
+        self.window_agg = window_agg
+        # lengths come below; the batch-size check too, against windows or documents
+        super().__init__(dataset, res=[], drop_last=False, **kwargs)
+        self.drop_last = drop_last
+        self.window_lengths = _window_lengths(self) if window_lengths is None else window_lengths
+        self.n_windows = [len(w) for w in self.window_lengths]
+        if self.window_items:
+            self.window_doc = np.repeat(np.arange(len(self.n_windows)), self.n_windows)
+            self.window_k = np.concatenate([np.arange(n) for n in self.n_windows] or [np.zeros(0, int)])
+            self.res = [n for w in self.window_lengths for n in w]
+        else:
+            self.res = [sum(w) for w in self.window_lengths]
+        self.n = len(self.res)
+        if self.res:
+            self.idx_max = int(np.argmax(self.res))
+        if self.drop_last:
+            check_batch_size(self.n, self.bs)
+
+    @property
+    def window_items(self) -> bool:
+        "Whether items are windows (the shuffled training loader), else documents."
+        return bool(self.shuffle) and getattr(self.dataset, "split_idx", None) == 0
+
+    def new(self, dataset=None, **kwargs):
+        kwargs = {"window_agg": self.window_agg,
+                  "window_lengths": self.window_lengths if dataset is None else None, **kwargs}
+        return super().new(dataset=dataset, **kwargs)
+
+    def create_item(self, s):
+        if not self.window_items:
+            return super().create_item(s)
+        s = 0 if s is None else s
+        item = self.dataset[int(self.window_doc[s])]
+        return (_window(item[0], int(self.window_k[s])), *item[1:])
+
+    def shuffle_fn(self, idxs):
+        # fastai's SortedDL shuffle over `self.n` items (windows here, not dataset rows)
+        idxs = np.random.permutation(self.n)
+        at_max = np.where(idxs == self.idx_max)[0][0]
+        idxs[0], idxs[at_max] = idxs[at_max], idxs[0]
+        sz = self.bs * 50
+        chunks = [sorted(idxs[i:i + sz], key=lambda i: self.res[i], reverse=True) for i in range(0, len(idxs), sz)]
+        sort_idx = np.concatenate(chunks)
+        batches = [sort_idx[i:i + self.bs] for i in range(0, len(sort_idx), self.bs)]
+        middle = [batches[1 + i] for i in np.random.permutation(len(batches) - 2)] if len(batches) > 2 else []
+        ordered = [batches[0], *middle] + ([batches[-1]] if len(batches) > 1 else [])
+        return iter(np.concatenate(ordered))
+
+    def create_batch(self, samples):
+        if not samples or not is_document(samples[0][0]):
+            return super().create_batch(samples)
+        windows, doc_ids = [], []
+        for d, sample in enumerate(samples):
+            n = len(sample[0]["input_ids"])
+            windows += [(_window(sample[0], k),) for k in range(n)]
+            doc_ids += [d] * n
+        x = super().create_batch(windows)[0]
+        x[DOC_IDS] = torch.tensor(doc_ids)
+        return (x, *(self._collate_field(list(field)) for field in zip(*(s[1:] for s in samples))))
+
+
 def _pad_dim1(t: torch.Tensor, length: int, value, side: str) -> torch.Tensor:
     extra = length - t.shape[1]
     if extra <= 0:
@@ -377,22 +565,54 @@ def _input_length(item) -> int:
 class HFTextBlock(TransformBlock):
     """A `TransformBlock` for a `str` or a `[text, text_pair]`: batches are padded dicts of tensors.
 
+    Texts longer than `max_length` are truncated, or with `long_texts="windows"` cut into overlapping windows
+    (`stride` tokens shared, default max_length // 4; see `HFWindowedDL`), whose logits make one prediction per text
+    (`window_agg`: "mean" or "max").
+
     Example: `DataBlock(blocks=(HFTextBlock(*hf_objects, max_length=128), CategoryBlock), get_x=ColReader("text"), ...)`
     """
     tokenize_cls = HFTokenize
 
     def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, max_length: int | None = None, padding=True,
-                 truncation=True, tok_kwargs: dict | None = None, pad_values: dict | None = None):
+                 truncation=True, tok_kwargs: dict | None = None, pad_values: dict | None = None,
+                 long_texts: str = "truncate", stride: int | None = None, window_agg: str = "mean"):
         limit = model_max_length(hf_config, hf_tokenizer, hf_model)
         if max_length is None or (limit is not None and max_length > limit):
             max_length = limit
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length (the model reports no limit)")
         self.max_length = max_length
+        if long_texts == "truncate" and (stride is not None or window_agg != "mean"):
+            raise ValueError("stride and window_agg are for long_texts='windows' (texts are truncated otherwise)")
+        windows = {} if long_texts == "truncate" else _window_settings(hf_tokenizer, max_length, truncation,
+                                                                       long_texts, stride, window_agg)
         tokenize = self.tokenize_cls(hf_tokenizer, max_length=max_length, truncation=truncation,
-                                     tok_kwargs=tok_kwargs)
+                                     tok_kwargs=tok_kwargs, **windows)
         # `pad_values`: what pads the keys a task's transforms add (e.g. word ids), beyond the tokenizer's
         dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **(pad_values or {})},
                           padding_side=hf_tokenizer.padding_side,
                           pad_to=max_length if padding == "max_length" else None, pad_limit=max_length)
-        super().__init__(type_tfms=[tokenize], dl_type=HFSortedDL, dls_kwargs=dls_kwargs)
+        if windows:
+            dls_kwargs["window_agg"] = windows["window_agg"]
+        super().__init__(type_tfms=[tokenize], dl_type=HFWindowedDL if windows else HFSortedDL, dls_kwargs=dls_kwargs)
+
+
+def _window_settings(hf_tokenizer, max_length, truncation, long_texts, stride, window_agg) -> dict:
+    "Checked settings of `long_texts=\"windows\"` for the tokenizing transform; the default stride is max_length // 4."
+    if long_texts not in LONG_TEXTS:
+        raise ValueError(f"long_texts must be one of {LONG_TEXTS}, got {long_texts!r}")
+    if window_agg not in WINDOW_AGGREGATIONS:
+        raise ValueError(f"window_agg must be one of {WINDOW_AGGREGATIONS}, got {window_agg!r}")
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise ValueError("long_texts='windows' needs a fast tokenizer (its overflow makes the windows): load it "
+                         "with get_hf_objects(...) / AutoTokenizer.from_pretrained(..., use_fast=True)")
+    if max_length is None:
+        raise ValueError("long_texts='windows' needs max_length (the model reports no limit)")
+    if truncation is not True:
+        raise ValueError(f"long_texts='windows' cuts texts into windows: leave truncation=True (got {truncation!r})")
+    room = max_length - hf_tokenizer.num_special_tokens_to_add(pair=False)
+    stride = max_length // 4 if stride is None else stride
+    if not isinstance(stride, int) or isinstance(stride, bool) or not 0 <= stride < room:
+        raise ValueError(f"stride must be an int from 0 to {room - 1} (tokens shared by neighbouring windows of "
+                         f"{room} text tokens at max_length={max_length}), got {stride!r}")
+    return {"long_texts": long_texts, "stride": stride, "window_agg": window_agg}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import pickle
 import warnings
+from collections.abc import Mapping
 
 import torch
 from fastai.callback.core import Callback, GatherPredsCallback
@@ -18,8 +19,8 @@ from torch import nn
 
 from . import serialization  # noqa: F401  (defines Learner.save_pretrained, which every blurlite learner has)
 from .distributed import HFDistributedTrainer, export_on_rank0
-from .data import IGNORE_INDEX, pad_batches
-from .fastai_compat import support_mapping_batches
+from .data import IGNORE_INDEX, aggregate_windows, pad_batches
+from .fastai_compat import DOC_IDS, support_mapping_batches
 from .mixed_precision import hf_to_bf16, learner_device
 from .optimizer import HFAdamW
 from .tasks import load_builtin_tasks, logits_as_pred, targets_as_labels, task_for
@@ -37,12 +38,15 @@ class HFModelWrapper(nn.Module):
 
     `non_model_keys`: batch keys that are not model inputs (a task's own, such as word ids), left out; `hf_learner`
     passes the task's. With None, as the HF `Trainer` does, only the keys the model's `forward` names are passed.
+    A batch of document windows (`doc_ids`, never a model input) runs in chunks of `window_bs` windows (set by
+    `HFModelCallback` to the loader's `bs`), so that a very long document fits in memory.
     """
+    window_bs = None  # class default: wrappers pickled before long documents existed
 
     def __init__(self, hf_model: nn.Module, non_model_keys=None):
         super().__init__()
         self.hf_model = hf_model
-        self.non_model_keys = None if non_model_keys is None else frozenset(non_model_keys)
+        self.non_model_keys = None if non_model_keys is None else frozenset(non_model_keys) | {DOC_IDS}
         self._forward_keys = None
 
     def model_inputs(self, x: dict) -> dict:
@@ -56,7 +60,21 @@ class HFModelWrapper(nn.Module):
         return x if self._forward_keys is None else {k: v for k, v in x.items() if k in self._forward_keys}
 
     def forward(self, x: dict):
+        if DOC_IDS in x and self.window_bs and len(x[DOC_IDS]) > self.window_bs:
+            return self._forward_in_chunks(x)
         return self.hf_model(**self.model_inputs(x))
+
+    def _forward_in_chunks(self, x: dict):
+        "The model's output on a batch of windows, computed `window_bs` windows at a time (logits, and the loss)."
+        inputs, n = self.model_inputs(x), len(x[DOC_IDS])
+        outs = [self.hf_model(**{k: v[i:i + self.window_bs] if isinstance(v, torch.Tensor) and len(v) == n else v
+                                 for k, v in inputs.items()}) for i in range(0, n, self.window_bs)]
+        first = outs[0]
+        first["logits"] = torch.cat([o["logits"] for o in outs])
+        if getattr(first, "loss", None) is not None:  # the mean over windows, as in one call
+            sizes = [len(o["logits"]) for o in outs]
+            first["loss"] = sum(o["loss"] * s for o, s in zip(outs, sizes)) / n
+        return first
 
 
 def _plain(t):
@@ -89,14 +107,36 @@ class HFModelCallback(Callback):
         support_mapping_batches()
         self.__dict__.update({"pred_from_outputs": logits_as_pred, "model_targets": targets_as_labels, **state})
 
+    def _doc_ids(self):
+        "Which document each window of the batch is from (batches of document windows), else None."
+        x = self.xb[0] if len(self.xb) else None
+        return x.get(DOC_IDS) if isinstance(x, Mapping) else None
+
+    def _window_setting(self, name: str, default):
+        dl = getattr(self.learn, "dl", None)
+        dl = getattr(dl, "dl", dl)  # a distributed loader wraps the blurlite one
+        value = getattr(dl, name, None)
+        return value if value is not None else getattr(getattr(self.learn.dls, "train", None), name, default)
+
     def before_batch(self):
+        doc_ids = self._doc_ids()
+        if doc_ids is not None:  # a batch of whole documents: at most `bs` windows through the model at once
+            model = getattr(self.learn.model, "module", self.learn.model)
+            if isinstance(model, HFModelWrapper):
+                model.window_bs = self._window_setting("bs", None)
         if self.use_hf_loss and len(self.yb):
-            targets = {k: _plain(v) for k, v in self.model_targets(self.yb).items()}
+            # the model's own loss is per window: each window gets its document's target
+            yb = self.yb if doc_ids is None else tuple(y[doc_ids.to(y.device)] for y in self.yb)
+            targets = {k: _plain(v) for k, v in self.model_targets(yb).items()}
             self.learn.xb = ({**self.xb[0], **targets},)
 
     def after_pred(self):
         self.model_outputs = self.pred
-        self.learn.pred = self.pred_from_outputs(self.pred)
+        pred = self.pred_from_outputs(self.pred)
+        doc_ids = self._doc_ids()
+        if doc_ids is not None:  # one row per document, as its targets: loss, metrics and get_preds per document
+            pred = aggregate_windows(pred, doc_ids, self._window_setting("window_agg", "mean"))
+        self.learn.pred = pred
 
     def after_loss(self):
         loss = getattr(self.model_outputs, "loss", None)
@@ -112,11 +152,25 @@ class HFModelCallback(Callback):
         dl = getattr(dl, "dl", dl)  # a distributed loader wraps the blurlite one
         pad_values, side = getattr(dl, "pad_values", {}), getattr(dl, "padding_side", "right")
         for cb in self.learn.cbs:
+            if isinstance(cb, GatherPredsCallback) and isinstance(getattr(cb, "inputs", None), list):
+                _number_documents(cb.inputs)
             if isinstance(cb, GatherPredsCallback) and hasattr(cb, "preds"):
                 # token-level targets are label ids: IGNORE_INDEX (-100) marks positions no loss or metric reads
                 for name, default in (("inputs", 0), ("preds", 0), ("targets", IGNORE_INDEX)):
                     if isinstance(getattr(cb, name, None), list):
                         setattr(cb, name, pad_batches(getattr(cb, name), pad_values, side, default=default))
+
+
+def _number_documents(inputs: list) -> None:
+    "Make the per-batch document ids of gathered batches of windows run on across batches (they concatenate)."
+    offset = 0
+    for xb in inputs:
+        x = xb[0] if isinstance(xb, (tuple, list)) and xb else xb
+        if not isinstance(x, Mapping) or DOC_IDS not in x:
+            return
+        ids = x[DOC_IDS]
+        x[DOC_IDS] = ids + offset
+        offset += int(ids.max()) + 1 if len(ids) else 0
 
 
 @patch(as_prop=True)

@@ -56,10 +56,14 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def block_settings(dls) -> dict:
-    "The text block's arguments that shape the model's inputs: max_length, padding, truncation, tok_kwargs."
+    """The text block's arguments that shape the model's inputs: max_length, padding, truncation, tok_kwargs (and
+    long_texts, stride, window_agg with windows)."""
     tfm = find_hf_transform(dls)
-    return {"max_length": tfm.max_length, "padding": "max_length" if getattr(dls.train, "pad_to", None) else True,
-            "truncation": tfm.truncation, "tok_kwargs": tfm.tok_kwargs}
+    settings = {"max_length": tfm.max_length, "padding": "max_length" if getattr(dls.train, "pad_to", None) else True,
+                "truncation": tfm.truncation, "tok_kwargs": tfm.tok_kwargs}
+    if tfm.long_texts != "truncate":  # written only when set: other blocks take no such arguments
+        settings.update(long_texts=tfm.long_texts, stride=tfm.stride, window_agg=tfm.window_agg)
+    return settings
 
 
 def _unwrapped_hf_model(learn: Learner):

@@ -133,13 +133,13 @@ def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> D
 
 
 def _from_df(df, model, text_col="text", label_col="label", valid_col=None, valid_pct=0.2, bs=16, max_length=None,
-             seed=None):
+             seed=None, long_texts="truncate", stride=None):
     "The command line's: several target columns as 'a,b'."
     label_col = label_col or "label"
     columns = label_col.split(",") if isinstance(label_col, str) and "," in label_col else label_col
     return HFTextDataLoaders.from_df(df, model, text_col=text_col, label_col=columns, valid_col=valid_col,
                                      valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed,
-                                     y_block=RegressionBlock())
+                                     y_block=RegressionBlock(), long_texts=long_texts, stride=stride)
 
 
 TASK = register_task(HFTask(

@@ -19,7 +19,8 @@ from plum import dispatch
 from transformers import AutoModelForSequenceClassification
 
 from ..checks import check_binary_columns, check_columns, check_frame, check_labels, check_texts
-from ..data import HFTextBlock, HFTextInput, HFTextPair, find_hf_transform, split_rows, truncate_words
+from ..data import (DOC_IDS, HFTextBlock, HFTextInput, HFTextPair, aggregate_windows, find_hf_transform, is_document,
+                    split_rows, truncate_words)
 from ..hf_objects import get_hf_objects
 from . import HFTask, load_builtin_tasks, register_task, set_model_labels, task_for
 
@@ -162,14 +163,17 @@ class HFTextDataLoaders(DataLoaders):
     def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, text_col="text", label_col="label",
                 valid_col=None, valid_pct: float = 0.2, bs: int = 16, max_length: int | None = None,
                 label_delim: str | None = None, seed: int | None = None, padding=True, tok_kwargs=None,
-                y_block=None, **kwargs) -> DataLoaders:
+                y_block=None, long_texts: str = "truncate", stride: int | None = None, window_agg: str = "mean",
+                **kwargs) -> DataLoaders:
         """`DataLoaders` from `df`, validated up front; errors name the row and column at fault.
 
         `text_col`: a column, or two for text pairs. `label_col`: a column (single-label, or multi-label with
         `label_delim`), or a list of 0/1 columns (multi-label). `y_block=RegressionBlock()`: float targets in
         `label_col` (a column or a list of columns) for text regression. `hf_objects_or_checkpoint`: what
         `get_hf_objects` returns, or a checkpoint directory to load with a head sized to the targets (the model is
-        then `dls.hf_model`).
+        then `dls.hf_model`). `long_texts="windows"`: a text longer than `max_length` becomes overlapping windows
+        (`stride` tokens shared, default max_length // 4), each a training item with its text's target; validation,
+        `get_preds` and predictions are per text, from the mean (`window_agg="mean"`) or max of its windows' logits.
         Example: `dls = HFTextDataLoaders.from_df(df, ckpt_dir, text_col="text", label_col="label", valid_col="is_valid")`
         """
         check_frame(df)
@@ -191,8 +195,9 @@ class HFTextDataLoaders(DataLoaders):
             hf_objects = get_hf_objects(hf_objects, config_kwargs=dict(
                 num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
                 **targets.config))
+        windows = {} if long_texts == "truncate" else dict(long_texts=long_texts, stride=stride, window_agg=window_agg)
         dblock = DataBlock(blocks=(HFTextBlock(*hf_objects, max_length=max_length, padding=padding,
-                                               tok_kwargs=tok_kwargs), targets.y_block),
+                                               tok_kwargs=tok_kwargs, **windows), targets.y_block),
                            get_x=ColReader(text_cols if len(text_cols) == 2 else text_cols[0]), get_y=targets.get_y,
                            splitter=IndexSplitter(valid))
         dls = dblock.dataloaders(df, bs=bs, **kwargs)
@@ -278,7 +283,9 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
     Texts are tokenized in one call and run in length-sorted batches. `top_k=None` returns every output's score per
     text, best first. A single text gives a one-element list, as the pipeline does. A text pair is a `(text,
     text_pair)` tuple or a `{"text", "text_pair"}` dict; a 2-tuple of str is one pair only for a learner trained on
-    pairs (else two texts). Regression learners answer as `pipeline(..., function_to_apply="none")`.
+    pairs (else two texts). Regression learners answer as `pipeline(..., function_to_apply="none")`. A learner
+    trained with `long_texts="windows"` scores a text of any length from its windows' aggregated logits (windows
+    run `bs` at a time); one trained with truncation sees a text's first `max_length` tokens, as the pipeline does.
     """
     task = task_for(self.dls)
     if task.pipeline != TASK_NAME:
@@ -286,8 +293,13 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
     tfm, dl = find_hf_transform(self.dls), self.dls.valid
     items, single = _as_items(texts, tfm.pairs)
     inputs = tfm.tokenize([tfm.key(t, lambda: f"text {i}") for i, t in enumerate(items)])
-    order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
     bs, probs = bs or dl.bs or 16, [None] * len(items)
+    windows = bool(inputs) and is_document(inputs[0])
+    if windows:  # `bs` documents a batch, their windows through the model `bs` at a time
+        order = np.argsort([-sum(len(w) for w in x["input_ids"]) for x in inputs], kind="stable")
+        getattr(self.model, "module", self.model).window_bs = bs
+    else:
+        order = np.argsort([-len(x["input_ids"]) for x in inputs], kind="stable")
     activation, device = _scores(self), next(self.model.parameters()).device
     self.model.eval()
     with torch.inference_mode():
@@ -295,6 +307,8 @@ def hf_predict(self: Learner, texts, bs: int | None = None, top_k: int | None = 
             chunk = order[start:start + bs]
             batch = dl.create_batch([(inputs[i],) for i in chunk])[0]
             logits = task.pred_from_outputs(self.model(to_device(dict(batch), device)))
+            if windows:
+                logits = aggregate_windows(logits, batch[DOC_IDS], getattr(dl, "window_agg", tfm.window_agg))
             for i, p in zip(chunk, activation(logits.float()).cpu()):
                 probs[i] = p
     config = self.model.hf_model.config
@@ -331,9 +345,10 @@ def _inference_dls(hf_objects, block_kwargs: dict, settings: dict, bs: int) -> D
 
 
 def _from_df(df, model, text_col="text", label_col="label", valid_col=None, valid_pct=0.2, bs=16, max_length=None,
-             seed=None):
+             seed=None, long_texts="truncate", stride=None):
     return HFTextDataLoaders.from_df(df, model, text_col=text_col, label_col=label_col or "label",
-                                     valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed)
+                                     valid_col=valid_col, valid_pct=valid_pct, bs=bs, max_length=max_length, seed=seed,
+                                     long_texts=long_texts, stride=stride)
 
 
 def hf_predict_json(learn, texts: list) -> list:
