@@ -77,8 +77,9 @@ def save_pretrained(self: Learner, path) -> Path:
     """Write a pickle-free artifact to directory `path`; `load_pretrained_learner(path)` and
     `transformers.pipeline(task, model=path)` load it. Returns `path`.
 
-    The tokenizer is saved with `model_max_length` set to the block's `max_length`, so that pipelines truncate
-    as the learner does. `blurlite.json` is written last: a directory without it is an unfinished save. In a
+    The tokenizer is saved with `model_max_length` set to the block's `max_length`, so that a pipeline called
+    with the task's `pipeline_kwargs` (`truncation=True` for text classification; recorded in `blurlite.json`)
+    truncates as the learner does. `blurlite.json` is written last: a directory without it is an unfinished save. In a
     distributed run rank 0 writes, and every rank returns once the directory is complete.
     """
     if world_size() > 1:
