@@ -67,6 +67,45 @@ def head_modules(hf_model: nn.Module) -> list[str]:
             if name != prefix and any(True for _ in module.parameters())]
 
 
+def _checkpoint_keys(hf_model: nn.Module) -> set[str] | None:
+    "The weight names in the safetensors files the model was loaded from (names only); None when not known."
+    from safetensors import safe_open
+
+    where = getattr(getattr(hf_model, "config", None), "_name_or_path", "") or ""
+    files = sorted(Path(where).glob("*.safetensors")) if where and os.path.isdir(where) else []
+    if not files:
+        return None
+    keys = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            keys |= set(st.keys())
+    return keys
+
+
+def new_modules(hf_model: nn.Module) -> list[str]:
+    """The modules whose weights the checkpoint lacks (initialized at random when loaded, e.g. a pooler or an MLM
+    head): frozen under adapters and not in the adapter file, they would differ when the artifact is loaded, so
+    they are trained and saved. A new module whose weights are tied to others (an MLM decoder tied to the input
+    embeddings) cannot be saved apart: an error says so."""
+    keys = _checkpoint_keys(hf_model)
+    if keys is None:
+        return []
+    prefix = getattr(hf_model, "base_model_prefix", "")
+    names = dict(hf_model.named_parameters())  # tied weights once, by their first name
+    missing = [n for n in names if n not in keys and not (prefix and n.startswith(prefix + ".")
+                                                          and n[len(prefix) + 1:] in keys)]
+    owners = sorted({n.rsplit(".", 1)[0] for n in missing if "." in n})
+    for owner in owners:
+        inside = {id(p) for n, p in names.items() if n.startswith(owner + ".")}
+        tied = [n for n, p in hf_model.get_submodule(owner).named_parameters() if id(p) not in inside]
+        if tied:
+            raise ValueError(f"the checkpoint has no weights for {owner} (initialized at random when loaded), and "
+                             f"its {tied[0]} is tied to weights outside it: adapters would keep it random and "
+                             "could not save it. Fine-tune the whole model, or load a checkpoint that has these "
+                             "weights (e.g. a masked-LM checkpoint for masked LM)")
+    return owners
+
+
 def default_lora_config(hf_model: nn.Module, r: int = 8, lora_alpha: int | None = None, lora_dropout: float = 0.1,
                         target_modules=None):
     """A `LoraConfig` for `hf_model`: rank `r`, `lora_alpha` 2r by default, and peft's target modules for the
@@ -98,11 +137,26 @@ def _config_for_task(peft_config, hf_model: nn.Module, task):
     elif given != wanted:
         raise ValueError(f"peft_config.task_type is {given!r}, but the {task.name} task trains as "
                          f"{wanted!r}: leave task_type out (blurlite fills it in) or set it to {wanted!r}")
-    if wanted is not None and hasattr(peft_config, "modules_to_save"):
-        # the head is new (random) or task-specific: trained, and saved with the adapter, or the artifact loses it
-        extra = [m for m in head_modules(hf_model) if m not in (peft_config.modules_to_save or [])]
+    if hasattr(peft_config, "modules_to_save"):
+        # the head is new (random) or task-specific, and so is any module the checkpoint lacks: trained, and saved
+        # with the adapter, or the artifact would lose them
+        wanted_modules = [*(head_modules(hf_model) if wanted is not None else []), *new_modules(hf_model)]
+        extra = [m for m in dict.fromkeys(wanted_modules) if m not in (peft_config.modules_to_save or [])]
         peft_config.modules_to_save = [*(peft_config.modules_to_save or []), *extra] or None
     return peft_config
+
+
+def adapter_task_type(hf_model: nn.Module) -> str | None:
+    "The peft task type of peft model `hf_model`'s active adapter (None: no task type)."
+    task_type = hf_model.peft_config[hf_model.active_adapter].task_type
+    return getattr(task_type, "value", task_type)
+
+
+def check_adapter_task(hf_model: nn.Module, task) -> None:
+    "Raise if peft model `hf_model` was made for another task type than `task`'s."
+    if adapter_task_type(hf_model) != task.peft_task_type:
+        raise ValueError(f"the model's adapter is a {adapter_task_type(hf_model)!r} adapter, but the {task.name} "
+                         f"task trains {task.peft_task_type!r} adapters: it is another task's adapter")
 
 
 def add_adapters(hf_model: nn.Module, peft_config, task) -> nn.Module:
@@ -171,10 +225,12 @@ def _check_base(base: str, entry: dict, task, artifact: Path) -> None:
     "Check that `base` is a model of the architecture and size the adapter was trained on, before loading it."
     from transformers import AutoConfig
 
-    if not os.path.isdir(base):
+    if not base or not os.path.isdir(base):
         raise FileNotFoundError(f"the base model of adapter {str(artifact)!r} is not at {base!r}: pass "
                                 "load_pretrained_learner(path, base_model=DIR) (blurlite predict --base-model DIR) "
                                 "with a local copy of it")
+    if os.path.isfile(os.path.join(base, ADAPTER_CONFIG)):
+        raise ValueError(f"base model {base!r} is an adapter itself: pass the model the adapter was trained on")
     try:
         config = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as e:

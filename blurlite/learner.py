@@ -17,7 +17,7 @@ from fastcore.foundation import L
 from torch import nn
 
 from . import serialization  # noqa: F401  (defines Learner.save_pretrained, which every blurlite learner has)
-from .adapters import add_adapters, has_adapters, plain_model
+from .adapters import add_adapters, check_adapter_task, has_adapters, plain_model
 from .distributed import HFDistributedTrainer, export_on_rank0
 from .data import IGNORE_INDEX, pad_batches
 from .fastai_compat import support_mapping_batches
@@ -246,6 +246,8 @@ def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=N
     task.prepare_model(dls, hf_model)  # a wrong head fails before peft changes the model
     if peft_config is not None:
         hf_model = add_adapters(hf_model, peft_config, task)
+    elif has_adapters(hf_model):  # a peft model made by the caller
+        check_adapter_task(hf_model, task)
     loss_func = task.default_loss(dls) if loss_func is None else loss_func
     metrics = task.default_metrics(dls) if metrics is None else metrics
     cbs = [HFModelCallback(use_hf_loss, task.pred_from_outputs, task.model_targets), *task.default_cbs(dls), *L(cbs)]
