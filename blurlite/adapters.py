@@ -60,11 +60,23 @@ def _carries_adapter_layers(hf_model: nn.Module) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in hf_model.modules())
 
 
+def _has_weights(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
 def head_modules(hf_model: nn.Module) -> list[str]:
-    "Names of the model's own modules with weights outside its base model: the task head (`classifier`, ...)."
+    """The task head, as `hf_splitter`'s last group has it: the model's modules with weights outside its base model
+    (`classifier`, ...) and the base model's after its transformer blocks (BERT's `pooler`, a final norm)."""
     prefix = getattr(hf_model, "base_model_prefix", None)
-    return [name for name, module in hf_model.named_children()
-            if name != prefix and any(True for _ in module.parameters())]
+    heads = [name for name, module in hf_model.named_children() if name != prefix and _has_weights(module)]
+    base = getattr(hf_model, prefix, None) if prefix else None
+    lists = [m for m in base.modules() if isinstance(m, nn.ModuleList)] if base is not None else []
+    if not lists:
+        return heads
+    blocks = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+    children = list(base.named_children())
+    at = next((i for i, (_, c) in enumerate(children) if any(m is blocks for m in c.modules())), len(children))
+    return [f"{prefix}.{name}" for name, child in children[at + 1:] if _has_weights(child)] + heads
 
 
 def _checkpoint_keys(hf_model: nn.Module) -> set[str] | None:
@@ -141,7 +153,10 @@ def _config_for_task(peft_config, hf_model: nn.Module, task):
         # the head is new (random) or task-specific, and so is any module the checkpoint lacks: trained, and saved
         # with the adapter, or the artifact would lose them
         wanted_modules = [*(head_modules(hf_model) if wanted is not None else []), *new_modules(hf_model)]
-        extra = [m for m in dict.fromkeys(wanted_modules) if m not in (peft_config.modules_to_save or [])]
+        # a module inside another one to save is saved with it (peft cannot wrap both)
+        wanted_modules = [m for m in dict.fromkeys(wanted_modules)
+                          if not any(m.startswith(other + ".") for other in wanted_modules)]
+        extra = [m for m in wanted_modules if m not in (peft_config.modules_to_save or [])]
         peft_config.modules_to_save = [*(peft_config.modules_to_save or []), *extra] or None
     return peft_config
 

@@ -70,8 +70,9 @@ def test_the_task_type_is_filled_in_and_the_head_is_saved(trained):
     task, learn, _, _ = trained
     config = learn.model.hf_model.peft_config["default"]
     assert getattr(config.task_type, "value", config.task_type) == task.peft_task_type
-    if task.peft_task_type is not None:
-        assert "classifier" in config.modules_to_save
+    if task.peft_task_type is not None:  # the head: the classifier, and BERT's pooler where the model has one
+        pooler = ["bert.pooler"] if task.peft_task_type == "SEQ_CLS" else []
+        assert {"classifier", *pooler} <= set(config.modules_to_save)
 
 
 def test_parameter_counts_report_a_small_trainable_fraction(trained):
@@ -266,9 +267,19 @@ def test_an_adapter_of_another_task_type_is_refused(adapter_on_own_base, tmp_pat
 
 def test_modules_the_checkpoint_lacks_are_trained_and_saved(tiny_mlm_dir, tmp_path):
     "A classifier on an MLM checkpoint: its pooler is new (random); frozen and unsaved, a reload would differ."
+    learn = hf_learner(adapter_dls(get_task("token-classification"), tiny_mlm_dir),
+                       peft_config=LoraConfig(r=4, target_modules=["query"]))
+    # no pooler in a token classifier: the MLM checkpoint lacks only the classifier
+    assert set(learn.model.hf_model.peft_config["default"].modules_to_save) == {"classifier", "score"}
+    from blurlite.adapters import new_modules
+    from transformers import AutoModelForSequenceClassification
+    assert new_modules(AutoModelForSequenceClassification.from_pretrained(tiny_mlm_dir)) == ["bert.pooler.dense",
+                                                                                            "classifier"]
     learn = hf_learner(adapter_dls(get_task("text-classification"), tiny_mlm_dir), peft_config=LoraConfig(r=4))
-    assert "bert.pooler.dense" in learn.model.hf_model.peft_config["default"].modules_to_save
-    assert all(p.requires_grad for n, p in learn.model.named_parameters() if "pooler.dense.modules_to_save" in n)
+    assert "bert.pooler" in learn.model.hf_model.peft_config["default"].modules_to_save
+    assert "bert.pooler.dense" not in learn.model.hf_model.peft_config["default"].modules_to_save  # inside it
+    pooler = [p for n, p in learn.model.named_parameters() if "pooler.modules_to_save" in n]
+    assert pooler and all(p.requires_grad for p in pooler)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-2)
     texts = ["good movie", "bad plot"]
