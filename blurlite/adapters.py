@@ -191,6 +191,10 @@ def merged_model(hf_model: nn.Module) -> nn.Module:
     "A plain transformers model with the adapters of peft model `hf_model` merged in: a copy, `hf_model` keeps them."
     if not has_adapters(hf_model):
         raise ValueError("this model has no adapters to merge")
+    if not hasattr(hf_model.base_model, "merge_and_unload"):  # prompt tuning and the like add inputs, not weights
+        kind = hf_model.peft_config[hf_model.active_adapter].peft_type
+        raise ValueError(f"{kind} adapters cannot be merged into the weights: save the adapter (save_pretrained "
+                         "without merge_adapters)")
     return copy.deepcopy(hf_model).merge_and_unload()
 
 

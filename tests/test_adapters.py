@@ -351,3 +351,25 @@ def test_predict_base_model_must_be_a_directory(adapter_on_own_base, capsys):
     _, adapter, _ = adapter_on_own_base
     assert cli.main(["predict", str(adapter), "good", "--base-model", "/no/such/dir"]) != 0
     assert "--base-model: no directory" in capsys.readouterr().err
+
+
+def test_lora_trains_on_two_processes(reviews_csv, tiny_bert_dir, tmp_path):
+    "`distrib_ctx` with adapters: DDP over the trainable parameters only (the frozen base is not reduced)."
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT", "ACCELERATE_USE_CPU")}
+    repo = str(Path(__file__).resolve().parents[1])
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p))
+    out = tmp_path / "ddp-lora"
+    done = subprocess.run([sys.executable, "-m", "blurlite", "train", "--data", str(reviews_csv), "--model",
+                           str(tiny_bert_dir), "--valid-col", "is_valid", "--epochs", "1", "--bs", "8", "--lr", "1e-2",
+                           "--max-length", "32", "--lora-r", "4", "--num-processes", "2", "--out", str(out)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LoRA r=4:" in done.stdout and "validation: valid_loss" in done.stdout
+    loaded = load_pretrained_learner(out)
+    assert has_adapters(loaded) and loaded.hf_predict(["good movie"])[0]["label"] in ("positive", "negative")
