@@ -13,12 +13,12 @@ from fastai.learner import load_learner
 from fastai.torch_core import set_seed
 from transformers import BertForMaskedLM, BertForSequenceClassification, BertTokenizer, pipeline
 
-peft = pytest.importorskip("peft")  # a dev requirement: CI has it; the rest of blurlite runs without
-from peft import LoraConfig  # noqa: E402
+import peft  # a dev requirement (blurlite's `peft` extra); the rest of blurlite runs without it
+from peft import LoraConfig
 
-import blurlite.cli as cli  # noqa: E402
-from blurlite.all import (HFModelWrapper, default_lora_config, get_hf_objects, get_task, has_adapters,  # noqa: E402
-                          hf_learner, load_pretrained_learner, merged_model, registered_tasks)
+import blurlite.cli as cli
+from blurlite.all import (HFModelWrapper, default_lora_config, get_hf_objects, get_task, has_adapters, hf_learner,
+                          load_pretrained_learner, merged_model, registered_tasks)
 
 TASKS = [t for t in registered_tasks() if t.name in TASK_EXAMPLES]
 
@@ -214,9 +214,6 @@ def adapter_on_own_base(tmp_path_factory):
     "A classification adapter saved from a base model in a directory of its own (to move or delete)."
     root = tmp_path_factory.mktemp("own-base")
     torch.manual_seed(0)
-    from conftest import VOCAB
-    from transformers import BertTokenizer
-
     BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(root / "base")
     BertForSequenceClassification(tiny_bert_config()).save_pretrained(root / "base")
     learn = hf_learner(adapter_dls(get_task("text-classification"), root / "base"), peft_config=LoraConfig(r=4))

@@ -2,15 +2,13 @@
 import time
 
 import pandas as pd
-import pytest
+import peft  # a dev requirement (blurlite's `peft` extra)
 
 import fastai.text.all  # noqa: F401  (what users import first; patches Learner.no_bar)
 from fastai.torch_core import set_seed
 from test_real_minilm import IMDB, minilm_dir
 
 from blurlite.all import HFTextDataLoaders, get_hf_objects, hf_learner
-
-peft = pytest.importorskip("peft")  # a dev requirement: CI has it
 
 N_TRAIN, MAX_LENGTH, BS = 400, 96, 8  # one epoch: 50 steps per mode, about a minute for both on 2 idle cores
 LR = {"full": 2e-4, "lora": 3e-3}  # LoRA trains few parameters from zero (its B) and takes a larger rate
