@@ -21,5 +21,6 @@ setup(
     package_data={"blurlite": ["demo_data/*.csv"]},
     entry_points={"console_scripts": cfg["console_scripts"].split()},
     install_requires=cfg["requirements"].split(),
-    extras_require={"dev": cfg["dev_requirements"].split(), "demo": cfg["demo_requirements"].split()},
+    extras_require={"dev": cfg["dev_requirements"].split(), "demo": cfg["demo_requirements"].split(),
+                    "peft": cfg["peft_requirements"].split()},
 )

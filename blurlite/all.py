@@ -1,4 +1,5 @@
 """Everything public: `from blurlite.all import *` (after `from fastai.text.all import *`)."""
+from .adapters import add_adapters, default_lora_config, has_adapters, merged_model
 from .checks import is_missing
 from .data import (IGNORE_INDEX, HFSortedDL, HFTextBlock, HFTextInput, HFTextPair, HFTokenize, TensorTokenLabels,
                    find_hf_transform, model_max_length, split_rows)
@@ -20,7 +21,8 @@ __all__ = ["IGNORE_INDEX", "HFSortedDL", "HFTextBlock", "HFTextInput", "HFTextPa
            "hf_splitter", "HFTask", "get_task", "logits_as_pred", "register_task", "registered_tasks",
            "set_model_labels", "targets_as_labels", "task_for", "HFTextDataLoaders", "OneHotColumns", "TextTargets",
            "is_multi_label", "register_text_targets", "target_transforms", "FloatColumns", "PearsonR", "is_regression", "pearsonr",
-           "is_missing", "load_pretrained_learner", "IncompatibleArtifactError", "stack_versions"]
+           "is_missing", "load_pretrained_learner", "IncompatibleArtifactError", "stack_versions",
+           "add_adapters", "default_lora_config", "has_adapters", "merged_model"]
 __all__ += ["DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows"]
 from .tasks.token_classification import (AlignWordLabels, HFTokenClassBlock, HFTokenClassDataLoaders, HFTokenClassInput, HFTokenizeWords,
                                          HFWords, SeqevalMetric, TokenCategorize, TokenCategoryBlock, align_word_labels,

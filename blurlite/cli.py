@@ -111,6 +111,39 @@ def _check_train_args(args) -> None:
         raise CommandError("--stride is for --long-texts windows")
     if args.data is not None:
         _check_task_and_columns(args)
+    _check_lora_args(args)
+
+
+def _check_lora_args(args) -> None:
+    "The LoRA options: a rank of at least 1, the others only with it, and peft installed."
+    import importlib.util
+
+    if args.lora_r is None:
+        given = [f for f, v in (("--lora-alpha", args.lora_alpha), ("--lora-dropout", args.lora_dropout),
+                                ("--lora-targets", args.lora_targets)) if v is not None]
+        if given:
+            raise CommandError(f"{given[0]} needs --lora-r R (the LoRA rank)")
+        return
+    if args.lora_r < 1:
+        raise CommandError(f"--lora-r must be at least 1, got {args.lora_r}")
+    if args.lora_dropout is not None and not 0 <= args.lora_dropout < 1:
+        raise CommandError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
+    if args.data is None:
+        raise CommandError("--lora-r needs --data FILE (the demo trains the whole model)")
+    if importlib.util.find_spec("peft") is None:
+        raise CommandError('--lora-r needs the peft library: pip install "blurlite[peft]"')
+
+
+def _lora_config(args, hf_model):
+    "The `LoraConfig` of the LoRA options (None without --lora-r): peft's target modules for the model's type."
+    if args.lora_r is None:
+        return None
+    from .adapters import default_lora_config
+
+    targets = args.lora_targets.split(",") if args.lora_targets else None
+    return default_lora_config(hf_model, r=args.lora_r, lora_alpha=args.lora_alpha,
+                               lora_dropout=0.1 if args.lora_dropout is None else args.lora_dropout,
+                               target_modules=targets)
 
 
 def _file_columns(path: Path) -> list[str] | None:
@@ -229,10 +262,14 @@ def train(args) -> None:
                   seed=args.seed)
     kwargs = {**{k: v for k, v in kwargs.items() if v is not None}, **options, **_window_options(args, task)}
     dls = task.from_df(df, args.model or _default_model(), **kwargs)
-    learn = hf_learner(dls)
+    learn = hf_learner(dls, peft_config=_lora_config(args, dls.hf_model))
     processes = _world_size()
     on = f" on {processes} processes" if processes > 1 else ""
     _say(f"training {task.name} on {len(dls.train_ds)} items{on}, validating on {len(dls.valid_ds)}", flush=True)
+    if args.lora_r is not None:
+        counts = learn.hf_parameter_counts()
+        _say(f"LoRA r={args.lora_r}: {counts['trainable']:,} of {counts['total']:,} parameters train "
+             f"({100 * counts['trainable_fraction']:.2f}%)", flush=True)
     with learn.distrib_ctx() if processes > 1 else contextlib.nullcontext():
         learn.fit_one_cycle(args.epochs, args.lr)
         report = validation_report(learn)  # in the context: each process validates its share, combined exactly
@@ -267,7 +304,9 @@ def predict(args) -> None:
     from .loading import load_pretrained_learner
     from .tasks import get_task
 
-    learn = load_pretrained_learner(args.model_dir)  # checks every file and the versions first
+    if args.base_model is not None and not Path(args.base_model).is_dir():
+        raise CommandError(f"--base-model: no directory at {args.base_model!r}")
+    learn = load_pretrained_learner(args.model_dir, base_model=args.base_model)  # checks files and versions first
     task = get_task(json.loads((Path(args.model_dir) / "blurlite.json").read_text())["task"])
     for result in task.predict_json(learn, texts):
         print(json.dumps(result, ensure_ascii=False))
@@ -326,11 +365,20 @@ def _parser(with_tasks: bool = False) -> argparse.ArgumentParser:
                         "...), the launcher's count")
     t.add_argument("--seed", type=int, default=42, help="seed of the split and of the new head")
     t.add_argument("--out", help="output directory (default blurlite-model)")
+    t.add_argument("--lora-r", type=int, metavar="R",
+                   help="train LoRA adapters of rank R (and the task's head) instead of the whole model; the "
+                        "artifact is the adapter (needs peft: pip install \"blurlite[peft]\")")
+    t.add_argument("--lora-alpha", type=int, help="LoRA scaling alpha (default 2 x R)")
+    t.add_argument("--lora-dropout", type=float, help="dropout on the LoRA inputs (default 0.1)")
+    t.add_argument("--lora-targets", help="comma-separated module names to adapt (default: peft's for the model "
+                                          "type, e.g. query,value for BERT; else every linear layer)")
     t.set_defaults(func=train)
     p = sub.add_parser("predict", help="print one JSON result per text, as the matching HF pipeline would")
     p.add_argument("model_dir", help="a directory written by blurlite train / learn.save_pretrained")
     p.add_argument("texts", nargs="*", help="texts, as the task's pipeline takes them (e.g. with the mask token)")
     p.add_argument("--file", help="a file with one text per line")
+    p.add_argument("--base-model", help="for an adapter artifact: its base model directory (default: the one "
+                                        "its adapter_config.json names)")
     p.set_defaults(func=predict)
     d = sub.add_parser("demo", help="the whole job on the embedded topic set: train, evaluate, save, reload, predict")
     d.add_argument("--out", default="blurlite-demo", help="output directory (default blurlite-demo)")

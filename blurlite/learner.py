@@ -18,6 +18,7 @@ from fastcore.foundation import L
 from torch import nn
 
 from . import serialization  # noqa: F401  (defines Learner.save_pretrained, which every blurlite learner has)
+from .adapters import add_adapters, check_adapter_task, has_adapters, plain_model
 from .distributed import HFDistributedTrainer, export_on_rank0
 from .data import IGNORE_INDEX, aggregate_windows, pad_batches
 from .fastai_compat import DOC_IDS, support_mapping_batches
@@ -40,6 +41,8 @@ class HFModelWrapper(nn.Module):
     passes the task's. With None, as the HF `Trainer` does, only the keys the model's `forward` names are passed.
     A batch of document windows (`doc_ids`, never a model input) runs in chunks of `window_bs` windows (set by
     `HFModelCallback` to the loader's `bs`), so that a very long document fits in memory.
+    A `peft` model's trainable parameters (adapters, head) are recorded by name: `hf_splitter` gives only those to
+    the optimizer, so that `freeze()`/`unfreeze()` never make base weights trainable.
     """
     window_bs = None  # class default: wrappers pickled before long documents existed
 
@@ -48,13 +51,16 @@ class HFModelWrapper(nn.Module):
         self.hf_model = hf_model
         self.non_model_keys = None if non_model_keys is None else frozenset(non_model_keys) | {DOC_IDS}
         self._forward_keys = None
+        self.adapter_params = (frozenset(n for n, p in hf_model.named_parameters() if p.requires_grad)
+                               if has_adapters(hf_model) else None)
 
     def model_inputs(self, x: dict) -> dict:
         "The entries of batch `x` that go to the model."
         if self.non_model_keys is not None:
             return {k: v for k, v in x.items() if k not in self.non_model_keys}
         if self._forward_keys is None:
-            params = inspect.signature(self.hf_model.forward).parameters.values()
+            # a peft model's forward names a few inputs and passes the rest (**kwargs): its base model names them all
+            params = inspect.signature(plain_model(self.hf_model).forward).parameters.values()
             named = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
             self._forward_keys = frozenset(named) if named else None
         return x if self._forward_keys is None else {k: v for k, v in x.items() if k in self._forward_keys}
@@ -195,9 +201,20 @@ def hf_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     encoder that holds blocks of its own (Funnel's decoder) adds its blocks' groups. What the base model holds
     after its blocks at its own level (a final norm, a pooler) joins the head, as does everything outside the base
     model. This makes `freeze()` (train the head), `unfreeze()` and discriminative learning rates
-    `slice(lo, hi)` work.
+    `slice(lo, hi)` work. For an adapter (`peft`) model the groups hold only its trainable parameters (adapters,
+    head): base weights stay frozen.
     """
     hf_model = getattr(model, "hf_model", model)
+    adapter_params = getattr(model, "adapter_params", None)
+    if adapter_params is not None:
+        keep = {id(p) for n, p in hf_model.named_parameters() if n in adapter_params}
+        return [g for g in ([p for p in g if id(p) in keep] for g in _groups(model, hf_model)) if g]
+    return _groups(model, hf_model)
+
+
+def _groups(model: nn.Module, hf_model: nn.Module) -> list[list[nn.Parameter]]:
+    "`hf_splitter`'s groups of every parameter."
+    hf_model = plain_model(hf_model)  # a peft model's transformers model: the same groups as without adapters
     base = getattr(hf_model, "base_model", hf_model)
     holder, blocks = _encoder_blocks(base)
     groups, group_of = [[]], {}
@@ -282,19 +299,25 @@ class HFLearner(Learner):
 
 
 def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=None, cbs=None,
-               splitter=hf_splitter, use_hf_loss: bool = False, **learner_kwargs) -> Learner:
+               splitter=hf_splitter, use_hf_loss: bool = False, peft_config=None, **learner_kwargs) -> Learner:
     """A fastai `Learner` (an `HFLearner`) for `hf_model` on blurlite `dls`, with the task's loss, metrics and
     callbacks by default, and `HFAdamW` (fastai's Adam as torch's fused AdamW) unless `opt_func` is given.
 
     Example: `learn = hf_learner(dls, hf_model); learn.fit_one_cycle(1, 1e-4)`. `hf_model` defaults to the model
-    `HFTextDataLoaders.from_df` loaded, when it was given a checkpoint.
+    `HFTextDataLoaders.from_df` loaded, when it was given a checkpoint. `peft_config` (any `peft` config, e.g.
+    `LoraConfig(r=8)`; its `task_type` filled in from the task) wraps the model with `peft` in place: base weights
+    frozen, adapters and the task's head trained (see `blurlite.adapters`).
     """
     task = task_for(dls)
     if hf_model is None:
         hf_model = getattr(dls, "hf_model", None)
         if hf_model is None:
             raise ValueError("pass hf_model: these DataLoaders carry no model")
-    task.prepare_model(dls, hf_model)
+    task.prepare_model(dls, hf_model)  # a wrong head fails before peft changes the model
+    if peft_config is not None:
+        hf_model = add_adapters(hf_model, peft_config, task)
+    elif has_adapters(hf_model):  # a peft model made by the caller
+        check_adapter_task(hf_model, task)
     loss_func = task.default_loss(dls) if loss_func is None else loss_func
     metrics = task.default_metrics(dls) if metrics is None else metrics
     cbs = [HFModelCallback(use_hf_loss, task.pred_from_outputs, task.model_targets), *task.default_cbs(dls), *L(cbs)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from fastai.learner import Learner
 from fastcore.basics import patch
 
+from .adapters import has_adapters, merged_model, remove_weights, save_adapter
 from .data import find_hf_transform
 from .ranks import run_on_rank0, world_size
 from .tasks import task_for
@@ -73,7 +74,7 @@ def _unwrapped_hf_model(learn: Learner):
 
 
 @patch
-def save_pretrained(self: Learner, path) -> Path:
+def save_pretrained(self: Learner, path, merge_adapters: bool = False) -> Path:
     """Write a pickle-free artifact to directory `path`; `load_pretrained_learner(path)` and
     `transformers.pipeline(task, model=path)` load it. Returns `path`.
 
@@ -81,20 +82,34 @@ def save_pretrained(self: Learner, path) -> Path:
     with the task's `pipeline_kwargs` (`truncation=True` for text classification; recorded in `blurlite.json`)
     truncates as the learner does. `blurlite.json` is written last: a directory without it is an unfinished save. In a
     distributed run rank 0 writes, and every rank returns once the directory is complete.
+
+    An adapter (`peft`) learner writes its adapter in peft's format (`adapter_config.json`,
+    `adapter_model.safetensors`: adapters and head, no base weights), which `load_pretrained_learner` and peft's
+    `AutoPeftModel...from_pretrained(path)` load onto the base model; `merge_adapters=True` writes a plain
+    transformers model with the adapters merged in instead (the learner keeps its adapters).
     """
+    if merge_adapters and not has_adapters(self):
+        raise ValueError("merge_adapters=True is for learners with adapters (hf_learner(..., peft_config=...)); "
+                         "this learner's whole model is saved as it is")
     if world_size() > 1:
-        run_on_rank0(lambda: _save_pretrained(self, Path(path)), "save_pretrained")
+        run_on_rank0(lambda: _save_pretrained(self, Path(path), merge_adapters), "save_pretrained")
         return Path(path)
-    return _save_pretrained(self, Path(path))
+    return _save_pretrained(self, Path(path), merge_adapters)
 
 
-def _save_pretrained(self: Learner, path: Path) -> Path:
+def _save_pretrained(self: Learner, path: Path, merge_adapters: bool = False) -> Path:
     task = task_for(self.dls)
     hf_model, tokenizer = _unwrapped_hf_model(self), find_hf_transform(self.dls).hf_tokenizer
     task.prepare_model(self.dls, hf_model)  # labels into the config
     path.mkdir(parents=True, exist_ok=True)
     (path / SETTINGS_FILE).unlink(missing_ok=True)
-    hf_model.save_pretrained(path)
+    adapter = None
+    if has_adapters(hf_model) and not merge_adapters:
+        remove_weights(path, adapter=True)
+        adapter = save_adapter(hf_model, path)
+    else:
+        remove_weights(path, adapter=False)
+        (merged_model(hf_model) if has_adapters(hf_model) else hf_model).save_pretrained(path)
     tokenizer.save_pretrained(path)
     for weights in path.glob("*.safetensors"):  # transformers writes them private (0600), unlike its other files
         os.chmod(weights, 0o666 & ~_umask())
@@ -107,6 +122,7 @@ def _save_pretrained(self: Learner, path: Path) -> Path:
                 "bs": self.dls.bs, "task_settings": task.settings(self.dls),
                 # how transformers answers as the learner: `pipeline(task, model=dir, **kwargs)`
                 "pipeline": {"task": task.pipeline, "kwargs": dict(task.pipeline_kwargs)} if task.pipeline else None,
+                **({"adapter": adapter} if adapter else {}),  # base model and its shape: checked when loaded
                 "files": {f.name: _sha256(f) for f in sorted(path.iterdir())
                           if f.is_file() and f.name != SETTINGS_FILE and not f.name.startswith(".")}}
     _write_atomically(path / SETTINGS_FILE, json.dumps(settings, indent=2))

@@ -16,7 +16,7 @@ import blurlite.tasks as tasks_module
 from blurlite.all import HFTask, HFTextBlock, HFTextInput, get_task, hf_learner, register_task, registered_tasks, task_for
 
 PACKAGE = Path(blurlite.__file__).parent
-CORE = ["checks.py", "cli.py", "data.py", "distributed.py", "fastai_compat.py", "hf_objects.py", "learner.py",
+CORE = ["adapters.py", "checks.py", "cli.py", "data.py", "distributed.py", "fastai_compat.py", "hf_objects.py", "learner.py",
         "loading.py", "losses.py", "mixed_precision.py", "ranks.py", "serialization.py", "versions.py",
         "tasks/__init__.py"]
 

@@ -83,6 +83,7 @@ class HFTask:
     readers: Mapping = field(default_factory=lambda: MappingProxyType({}))  # ".suffix" -> path -> (df, from_df options)
     aliases: tuple = ()  # other names `get_task` (and `--task`) accept
     description: str = ""  # one line for `blurlite train --help`
+    peft_task_type: str | None = None  # peft's ("SEQ_CLS", ...): the head trains with adapters; None: adapters only
 
     def __post_init__(self):
         # accept the obvious spellings (a set of keys, a dict, a list of aliases) and store them frozen
@@ -100,7 +101,7 @@ class HFTask:
         return self.name + (f" ({', '.join(self.aliases)})" if self.aliases else "")
 
 
-_OPTIONAL = {"pipeline", "accepts", "predict_result"}
+_OPTIONAL = {"pipeline", "accepts", "predict_result", "peft_task_type"}
 
 
 def _check_field(task: HFTask, name: str, hint) -> str | None:
@@ -118,7 +119,7 @@ def _check_field(task: HFTask, name: str, hint) -> str | None:
         return None
     if name == "auto_model":
         return None if hasattr(value, "from_pretrained") else f"must be an AutoModelFor... class, got {value!r}"
-    if name in ("name", "pipeline", "description"):
+    if name in ("name", "pipeline", "description", "peft_task_type"):
         return None if isinstance(value, str) and (value or name == "description") else "must be a non-empty str"
     if name in ("non_model_keys", "aliases", "columns"):
         ok = isinstance(value, (frozenset, tuple)) and all(v is None or isinstance(v, str) for v in value)

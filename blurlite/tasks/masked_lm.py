@@ -24,6 +24,7 @@ from fasttransform import ItemTransform
 from plum import dispatch
 from transformers import AutoModelForMaskedLM, FillMaskPipeline
 
+from ..adapters import plain_model
 from ..checks import check_columns, check_frame, check_texts
 from ..data import (IGNORE_INDEX, HFSortedDL, HFTextInput, HFTokenize, TensorTokenLabels, find_hf_transform,
                     model_max_length, split_rows, tokenizer_pad_values, truncate_words)
@@ -462,7 +463,7 @@ def fill_mask(self: Learner, text: str | list[str], top_k: int = 5, bs: int = 16
             raise ValueError(f"text {i}: its mask token lies past max_length={tfm.max_length} tokens, where the "
                              "learner truncates; shorten the text before it")
     self.model.eval()
-    pipe = FillMaskPipeline(model=self.model.hf_model, tokenizer=tokenizer,
+    pipe = FillMaskPipeline(model=plain_model(self.model.hf_model), tokenizer=tokenizer,
                             device=next(self.model.parameters()).device)
     kwargs = {"top_k": top_k, **({"tokenizer_kwargs": tokenizer_kwargs} if tokenizer_kwargs else {})}
     if isinstance(text, str):

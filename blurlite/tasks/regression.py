@@ -147,5 +147,5 @@ TASK = register_task(HFTask(
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
     from_df=_from_df, predict_json=hf_predict_json, pipeline="text-classification",
     pipeline_kwargs={"truncation": True, "function_to_apply": "none"}, accepts=is_regression,
-    prepare_model=_prepare_model, aliases=("regression",),
+    prepare_model=_prepare_model, aliases=("regression",), peft_task_type="SEQ_CLS",
     description="float scores of texts or text pairs (one or several columns, 'a,b' on the command line)"))

@@ -361,5 +361,5 @@ TASK = register_task(HFTask(
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
     from_df=_from_df, predict_json=hf_predict_json, pipeline="text-classification",
     pipeline_kwargs={"truncation": True}, accepts=_is_categorical,
-    prepare_model=_prepare_model, aliases=("classification", "sequence-classification"),
+    prepare_model=_prepare_model, aliases=("classification", "sequence-classification"), peft_task_type="SEQ_CLS",
     description="labels of texts or text pairs: single-label, or multi-label (delimited or 0/1 columns)"))

@@ -20,6 +20,7 @@ from fasttransform import DisplayedTransform, ItemTransform
 from plum import dispatch
 from transformers import AutoModelForTokenClassification, TokenClassificationPipeline
 
+from ..adapters import plain_model
 from ..checks import check_columns, check_frame, is_missing
 from ..data import (IGNORE_INDEX, HFTextBlock, HFTextInput, HFTokenize, TensorTokenLabels, find_hf_transform,
                     split_rows)
@@ -426,7 +427,7 @@ def predict_entities(self: Learner, text: str | list[str], aggregation_strategy:
         warnings.warn(f"a text is longer than max_length={tfm.max_length} tokens: with aggregation_strategy="
                       "'none' the tokens past it get no label; use another strategy to cover them with windows")
     self.model.eval()
-    pipe = TokenClassificationPipeline(model=self.model.hf_model, tokenizer=tokenizer,
+    pipe = TokenClassificationPipeline(model=plain_model(self.model.hf_model), tokenizer=tokenizer,
                                        device=next(self.model.parameters()).device)
     kwargs = {"aggregation_strategy": aggregation_strategy, **({"stride": stride} if stride else {})}
     if isinstance(text, str):
@@ -486,7 +487,7 @@ TASK = register_task(HFTask(
     name=TASK_NAME, input_type=HFTokenClassInput, auto_model=AutoModelForTokenClassification,
     default_loss=_default_loss, default_metrics=_default_metrics, settings=_settings, inference_dls=_inference_dls,
     from_df=_from_df, predict_json=_predict_json, pipeline="token-classification", prepare_model=_prepare_model,
-    predict_result=_word_level,
+    predict_result=_word_level, peft_task_type="TOKEN_CLS",
     non_model_keys=NON_MODEL_KEYS, pad_values=PAD_VALUES, columns=("words", "tags"),
     readers={".conll": _read_conll_file, ".bio": _read_conll_file, ".iob": _read_conll_file}, aliases=("ner",),
     description="word-level tags (NER): a words column and a tags column of lists, or a CoNLL file"))
