@@ -234,8 +234,7 @@ def _groups(model: nn.Module, hf_model: nn.Module) -> list[list[nn.Parameter]]:
             later.setdefault(name.split(".")[0], []).append(p)
     head = []
     for child, params in later.items():  # a module after the blocks: its own blocks are body, the rest is head
-        _, own_blocks = _encoder_blocks(getattr(base, child)) if isinstance(getattr(base, child, None), nn.Module) \
-            else (None, nn.ModuleList())
+        _, own_blocks = _encoder_blocks(getattr(base, child))  # the first name of a parameter is a child module's
         in_blocks = {id(p) for p in own_blocks.parameters()}
         groups += [[p for p in b.parameters()] for b in own_blocks if any(True for _ in b.parameters())]
         head += [p for p in params if id(p) not in in_blocks]

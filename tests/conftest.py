@@ -22,14 +22,18 @@ def tiny_bert_config(num_labels=2, **kwargs):
                       intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, **kwargs)
 
 
+def save_tiny_bert(path, model_cls=BertForSequenceClassification, seed: int = 0, **config_kwargs):
+    "Write a tiny BERT checkpoint (`model_cls`, config `tiny_bert_config(**config_kwargs)`) and its tokenizer to `path`."
+    torch.manual_seed(seed)
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
+    model_cls(tiny_bert_config(**config_kwargs)).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     "A local checkpoint directory: tiny BERT classifier and a WordPiece tokenizer over VOCAB."
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
-    BertForSequenceClassification(tiny_bert_config()).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def make_reviews(n=120, seed=0, n_classes=2):

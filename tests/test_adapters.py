@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TASK_EXAMPLES, VOCAB, task_example, tiny_bert_config
+from conftest import TASK_EXAMPLES, VOCAB, save_tiny_bert, task_example, tiny_bert_config
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.learner import load_learner
 from fastai.torch_core import set_seed
@@ -35,11 +35,7 @@ def base_weights(learn) -> dict:
 @pytest.fixture(scope="module")
 def tiny_mlm_dir(tmp_path_factory):
     "A tiny BERT checkpoint with a masked-LM head (and no pooler), as BERT's pretraining checkpoints are."
-    path = tmp_path_factory.mktemp("tiny-mlm")
-    torch.manual_seed(1)
-    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
-    BertForMaskedLM(tiny_bert_config()).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-mlm"), BertForMaskedLM, seed=1)
 
 
 @pytest.fixture(scope="module", params=TASKS, ids=[t.name for t in TASKS])

@@ -5,10 +5,10 @@ import random
 import pandas as pd
 import pytest
 import torch
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, VOCAB, tiny_bert_config
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, save_tiny_bert
 from fastai.text.all import ClassificationInterpretation, RegressionBlock, load_learner
 from fastai.torch_core import set_seed
-from transformers import BertForSequenceClassification, BertTokenizer, pipeline
+from transformers import pipeline
 
 import blurlite.cli as cli
 from blurlite.all import (HFTextBlock, HFTextDataLoaders, aggregate_windows, hf_learner, load_pretrained_learner)
@@ -44,12 +44,8 @@ def end_cue_reviews():
 @pytest.fixture(scope="module")
 def no_dropout_bert_dir(tmp_path_factory):
     "The tiny BERT without dropout: it learns the synthetic task in a few seconds."
-    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    torch.manual_seed(0)
-    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
-    config = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    BertForSequenceClassification(config).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
 
 
 def fit_end_cue(df, model_dir, **kwargs):

@@ -125,10 +125,16 @@ class HFTokenizeWords(HFTokenize):
     def key(self, x, where=lambda: "input", labelled=False):
         return _words(x, where, labelled)
 
+    def __getstate__(self):
+        return {**super().__getstate__(), "_blank": None}  # rebuilt from the tokenizer on first use
+
     def _blank_tokens(self) -> np.ndarray:
         "For each token id, whether the token holds no character of a word: a lone SentencePiece '▁' or 'Ġ'."
-        tokens = self.hf_tokenizer.convert_ids_to_tokens(list(range(len(self.hf_tokenizer))))
-        return np.array([t is not None and t != "" and t.strip("\u2581\u0120 ") == "" for t in tokens] + [False])
+        if getattr(self, "_blank", None) is None:  # once per transform, not per call (`predict` tokenizes one item)
+            tokens = self.hf_tokenizer.convert_ids_to_tokens(list(range(len(self.hf_tokenizer))))
+            self._blank = np.array([t is not None and t != "" and t.strip("\u2581\u0120 ") == "" for t in tokens]
+                                   + [False])
+        return self._blank
 
     def tokenize(self, keys: list) -> list[HFTokenClassInput]:
         kwargs = {"return_offsets_mapping": True, "return_special_tokens_mask": True, **self.tok_kwargs}
