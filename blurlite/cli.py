@@ -107,8 +107,6 @@ def _check_train_args(args) -> None:
         raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
     if args.data is not None and not Path(args.data).is_file():
         raise CommandError(f"no data file at {str(args.data)!r}")
-    if args.stride is not None and args.long_texts != "windows":
-        raise CommandError("--stride is for --long-texts windows")
     if args.data is not None:
         _check_task_and_columns(args)
     _check_lora_args(args)
@@ -233,9 +231,14 @@ def _leave_process_group() -> None:
 
 def _window_options(args, task) -> dict:
     "`--long-texts`/`--stride` as `from_df` options, for a task whose `from_df` takes them."
+    params = inspect.signature(task.from_df).parameters
     if args.long_texts in (None, "truncate"):
-        return {}
-    if "long_texts" not in inspect.signature(task.from_df).parameters:
+        if args.stride is None:
+            return {}
+        if "long_texts" in params or "stride" not in params:  # windows on demand, or none at all
+            raise CommandError("--stride is for --long-texts windows")
+        return {"stride": args.stride}  # a task that always cuts windows (question answering)
+    if "long_texts" not in params:
         raise CommandError(f"--long-texts windows: task {task.name!r} has no windows (its from_df takes no "
                            "long_texts); see blurlite train --help for the tasks")
     return {"long_texts": args.long_texts, **({"stride": args.stride} if args.stride is not None else {})}
@@ -293,23 +296,51 @@ def predict(args) -> None:
     if not (model_dir / "blurlite.json").is_file():
         raise CommandError(f"{str(model_dir)!r} has no blurlite.json: it is not a blurlite save_pretrained "
                            "directory, or the save did not finish; save it again")
-    texts = list(args.texts)
+    file = None
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise CommandError(f"no file at {str(path)!r}")
-        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
-        raise CommandError("give texts to predict, or --file FILE with one text per line")
+        file = Path(args.file)
+        if not file.is_file():
+            raise CommandError(f"no file at {str(file)!r}")
     from .loading import load_pretrained_learner
     from .tasks import get_task
 
+    task = get_task(json.loads((model_dir / "blurlite.json").read_text())["task"])
+    options = {flag: values for flag, values in _task_options(args).items() if values}
+    unknown = [flag for flag in options if flag not in task.predict_options]
+    if unknown:
+        raise CommandError(f"{unknown[0]} is not an option of a {task.name} model; its options: "
+                           f"{', '.join(task.predict_options) or 'none (texts only)'}")
+    try:  # before loading the model: bad inputs are reported at once
+        inputs = task.predict_inputs(list(args.texts), options, file)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CommandError(str(e.args[0] if e.args else e)) from e
     if args.base_model is not None and not Path(args.base_model).is_dir():
         raise CommandError(f"--base-model: no directory at {args.base_model!r}")
     learn = load_pretrained_learner(args.model_dir, base_model=args.base_model)  # checks files and versions first
-    task = get_task(json.loads((Path(args.model_dir) / "blurlite.json").read_text())["task"])
-    for result in task.predict_json(learn, texts):
+    for result in task.predict_json(learn, inputs):
         print(json.dumps(result, ensure_ascii=False))
+
+
+def _task_options(args) -> dict:
+    "The values given to the tasks' own `blurlite predict` options (`HFTask.predict_options`), by flag."
+    return {flag: getattr(args, _option_dest(flag), None) for flag in getattr(args, "task_options", ())}
+
+
+def _option_dest(flag: str) -> str:
+    return "task_option_" + flag.lstrip("-").replace("-", "_")
+
+
+def _add_task_predict_options(parser) -> None:
+    "Add every registered task's own `blurlite predict` options (e.g. --question, --context) to `parser`."
+    from .tasks import registered_tasks
+
+    flags = {}
+    for task in registered_tasks():
+        for flag, help_text in task.predict_options.items():
+            flags.setdefault(flag, f"{help_text} ({task.name})")
+    for flag, help_text in flags.items():
+        parser.add_argument(flag, action="append", dest=_option_dest(flag), help=help_text + "; may repeat")
+    parser.set_defaults(task_options=tuple(flags))
 
 
 def run_demo(args) -> dict:
@@ -334,8 +365,9 @@ def _tasks_help() -> str:
     return "; ".join(lines)
 
 
-def _parser(with_tasks: bool = False) -> argparse.ArgumentParser:
-    "The argument parser; `with_tasks` puts the registered tasks into `train --help` (only asked for with --help)."
+def _parser(with_tasks: bool = False, task_options: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; `with_tasks` puts the registered tasks into `train --help` (only asked for with --help),
+    `task_options` the tasks' own `predict` options (imports the tasks: only for `predict`)."""
     parser = _Parser(prog="blurlite", description="Fine-tune and ship Hugging Face transformers the fastai way.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="fine-tune on a data file and save a pickle-free artifact",
@@ -376,9 +408,12 @@ def _parser(with_tasks: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="print one JSON result per text, as the matching HF pipeline would")
     p.add_argument("model_dir", help="a directory written by blurlite train / learn.save_pretrained")
     p.add_argument("texts", nargs="*", help="texts, as the task's pipeline takes them (e.g. with the mask token)")
-    p.add_argument("--file", help="a file with one text per line")
+    p.add_argument("--file", help="a file with one text per line (or the task's format, e.g. JSON Lines for "
+                                  "question answering)")
     p.add_argument("--base-model", help="for an adapter artifact: its base model directory (default: the one "
                                         "its adapter_config.json names)")
+    if task_options:
+        _add_task_predict_options(p)
     p.set_defaults(func=predict)
     d = sub.add_parser("demo", help="the whole job on the embedded topic set: train, evaluate, save, reload, predict")
     d.add_argument("--out", default="blurlite-demo", help="output directory (default blurlite-demo)")
@@ -416,7 +451,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_dependencies()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(with_tasks=bool({"-h", "--help"} & set(argv))).parse_args(argv)
+    args = _parser(with_tasks=bool({"-h", "--help"} & set(argv)), task_options=argv[:1] == ["predict"]).parse_args(argv)
     for name in ("epochs", "bs", "num_processes"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"blurlite: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)

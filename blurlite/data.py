@@ -24,7 +24,8 @@ from .fastai_compat import DOC_IDS, support_mapping_batches
 
 __all__ = ["IGNORE_INDEX", "HFTextInput", "HFTextPair", "TensorTokenLabels", "HFTokenize", "HFSortedDL", "HFTextBlock",
            "model_max_length", "tokenizer_pad_values", "find_hf_transform", "unpad_batch", "split_rows", "truncate_words", "pad_batches",
-           "DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows", "is_document"]
+           "DOC_IDS", "LONG_TEXTS", "WINDOW_AGGREGATIONS", "HFWindowedDL", "aggregate_windows", "is_document",
+           "is_token_key", "loader_setting"]
 
 IGNORE_INDEX = -100  # ignored by CrossEntropyLoss and by HF models' own losses
 _UNBOUNDED = 1_000_000  # tokenizers built without a limit report model_max_length ~1e30
@@ -33,7 +34,16 @@ WINDOW_AGGREGATIONS = ("mean", "max")  # how a document's window logits make its
 
 
 class HFTextInput(dict):
-    "Tokenizer outputs as tensors (`input_ids`, `attention_mask`, ...): 1-D for one text, 2-D for a padded batch."
+    """Tokenizer outputs as tensors (`input_ids`, `attention_mask`, ...): 1-D for one text, 2-D for a padded batch.
+
+    Values as long as `input_ids` are per-token (padded with the tokens, unpadded by the attention mask) unless a
+    subclass names them in `non_token_keys` (e.g. a text's characters, whose length may happen to match)."""
+    non_token_keys: frozenset = frozenset()
+
+
+def is_token_key(x: Mapping, key: str, n_tokens: int) -> bool:
+    "Whether `x[key]` holds one value per token of `x` (`n_tokens` of them): padded and unpadded with the tokens."
+    return key not in getattr(type(x), "non_token_keys", ()) and len(x[key]) == n_tokens
 
 
 class TensorTokenLabels(TensorBase):
@@ -265,8 +275,9 @@ def _unpad(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 def _split_field(field, keep, n: int) -> list:
     "One batch field as `n` samples; dict inputs and token-level fields lose their padding."
     if isinstance(field, Mapping):
-        return [type(field)({k: _unpad(v[i], None if keep is None else keep[i]) for k, v in field.items()})
-                for i in range(n)]
+        skip = getattr(type(field), "non_token_keys", ())
+        return [type(field)({k: _unpad(v[i], None if keep is None or k in skip else keep[i])
+                             for k, v in field.items()}) for i in range(n)]
     if getattr(field, "pad_value", None) is not None and keep is not None:
         return [_unpad(field[i], keep[i]) for i in range(n)]
     return list(batch_to_samples(field, max_n=n))
@@ -285,7 +296,8 @@ def _split_documents(fields: list, max_n: int) -> list[tuple]:
     docs = []
     for d in range(n):
         rows = torch.nonzero(doc_ids == d).flatten().tolist()
-        docs.append(type(x)({k: [_unpad(v[r], None if keep is None else keep[r]) for r in rows]
+        skip = getattr(type(x), "non_token_keys", ())
+        docs.append(type(x)({k: [_unpad(v[r], None if keep is None or k in skip else keep[r]) for r in rows]
                              for k, v in x.items() if k != DOC_IDS}))
     columns = [docs] + [_split_field(f, None, n) for f in fields[1:]]
     return [tuple(c[i] for c in columns) for i in range(n)]
@@ -371,7 +383,7 @@ class HFSortedDL(SortedDL):
         if isinstance(first, Mapping):
             n_tokens = len(first["input_ids"])  # only per-token keys are padded up to the batch length
             return type(first)({k: self._pad([v[k] for v in values], self.pad_values.get(k, 0),
-                                             length if len(first[k]) == n_tokens else None) for k in first})
+                                             length if is_token_key(first, k, n_tokens) else None) for k in first})
         pad_value = getattr(first, "pad_value", None)
         if pad_value is not None and first.ndim > 0:  # token-level targets are padded like the inputs
             return type(first)(self._pad(values, pad_value, length))
@@ -418,6 +430,15 @@ def aggregate_windows(preds: torch.Tensor, doc_ids: torch.Tensor, how: str = "me
     total = preds.new_zeros((n_docs, *preds.shape[1:])).index_add(0, index, preds)
     counts = torch.bincount(index, minlength=n_docs).to(preds.dtype)
     return total / counts.view(-1, *([1] * (preds.ndim - 1)))
+
+
+def loader_setting(learn, name: str, default):
+    """Setting `name` of the loader `learn` runs (a distributed loader's inner one), else of its training loader,
+    else `default` (e.g. `window_agg`, which `get_preds(dl=[batch])` does not carry)."""
+    dl = getattr(learn, "dl", None)
+    dl = getattr(dl, "dl", dl)  # a distributed loader wraps the blurlite one
+    value = getattr(dl, name, None)
+    return value if value is not None else getattr(getattr(learn.dls, "train", None), name, default)
 
 
 def _window(x: Mapping, k: int) -> HFTextInput:

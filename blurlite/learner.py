@@ -20,11 +20,11 @@ from torch import nn
 from . import serialization  # noqa: F401  (defines Learner.save_pretrained, which every blurlite learner has)
 from .adapters import add_adapters, check_adapter_task, has_adapters, plain_model
 from .distributed import HFDistributedTrainer, export_on_rank0
-from .data import IGNORE_INDEX, aggregate_windows, pad_batches
+from .data import IGNORE_INDEX, loader_setting, pad_batches
 from .fastai_compat import DOC_IDS, support_mapping_batches
 from .mixed_precision import hf_to_bf16, learner_device
 from .optimizer import HFAdamW
-from .tasks import load_builtin_tasks, logits_as_pred, targets_as_labels, task_for
+from .tasks import load_builtin_tasks, logits_as_pred, mean_or_max_of_windows, targets_as_labels, task_for
 from .versions import check_versions, stack_versions
 
 __all__ = ["HFModelWrapper", "HFModelCallback", "HFLearner", "hf_splitter", "hf_learner"]
@@ -71,14 +71,15 @@ class HFModelWrapper(nn.Module):
         return self.hf_model(**self.model_inputs(x))
 
     def _forward_in_chunks(self, x: dict):
-        "The model's output on a batch of windows, computed `window_bs` windows at a time (logits, and the loss)."
+        "The model's output on a batch of windows, computed `window_bs` windows at a time (per-window outputs, loss)."
         inputs, n = self.model_inputs(x), len(x[DOC_IDS])
         outs = [self.hf_model(**{k: v[i:i + self.window_bs] if isinstance(v, torch.Tensor) and len(v) == n else v
                                  for k, v in inputs.items()}) for i in range(0, n, self.window_bs)]
-        first = outs[0]
-        first["logits"] = torch.cat([o["logits"] for o in outs])
+        first, sizes = outs[0], [min(self.window_bs, n - i) for i in range(0, n, self.window_bs)]
+        for key, value in first.items():  # per-window outputs (logits, start_logits, ...) joined
+            if isinstance(value, torch.Tensor) and value.ndim and key != "loss" and len(value) == sizes[0]:
+                first[key] = torch.cat([o[key] for o in outs])
         if getattr(first, "loss", None) is not None:  # the mean over windows, as in one call
-            sizes = [len(o["logits"]) for o in outs]
             first["loss"] = sum(o["loss"] * s for o, s in zip(outs, sizes)) / n
         return first
 
@@ -93,15 +94,18 @@ class HFModelCallback(Callback):
 
     `pred_from_outputs` turns the model's `ModelOutput` into fastai's `pred` (default: its logits), for the loss and
     metrics; the `ModelOutput` stays reachable as `learn.hf_outputs`. With `use_hf_loss=True`, `model_targets`
-    passes the targets to the model (default: as `labels`) and its own loss is optimised. `hf_learner` passes the
-    task's.
+    passes the targets to the model (default: as `labels`) and its own loss is optimised. On a batch of document
+    windows, `combine_windows(learn, pred)` makes one row per document (default: the mean or max of the windows'
+    logits). `hf_learner` passes the task's.
     """
     order = -5  # before metrics and the recorder read `pred`
 
-    def __init__(self, use_hf_loss: bool = False, pred_from_outputs=logits_as_pred, model_targets=targets_as_labels):
+    def __init__(self, use_hf_loss: bool = False, pred_from_outputs=logits_as_pred, model_targets=targets_as_labels,
+                 combine_windows=mean_or_max_of_windows):
         support_mapping_batches()
         self.use_hf_loss, self.model_outputs = use_hf_loss, None
         self.pred_from_outputs, self.model_targets = pred_from_outputs, model_targets
+        self.combine_windows = combine_windows
 
     def __getstate__(self):
         # the last batch's outputs are not part of a saved learner; the versions it was written with are
@@ -111,25 +115,20 @@ class HFModelCallback(Callback):
         # `load_learner` of an export from incompatible versions: a clear error, not a subtly wrong model
         check_versions(state.get("versions", {}), "this exported learner", pickled=True)
         support_mapping_batches()
-        self.__dict__.update({"pred_from_outputs": logits_as_pred, "model_targets": targets_as_labels, **state})
+        self.__dict__.update({"pred_from_outputs": logits_as_pred, "model_targets": targets_as_labels,
+                              "combine_windows": mean_or_max_of_windows, **state})
 
     def _doc_ids(self):
         "Which document each window of the batch is from (batches of document windows), else None."
         x = self.xb[0] if len(self.xb) else None
         return x.get(DOC_IDS) if isinstance(x, Mapping) else None
 
-    def _window_setting(self, name: str, default):
-        dl = getattr(self.learn, "dl", None)
-        dl = getattr(dl, "dl", dl)  # a distributed loader wraps the blurlite one
-        value = getattr(dl, name, None)
-        return value if value is not None else getattr(getattr(self.learn.dls, "train", None), name, default)
-
     def before_batch(self):
         doc_ids = self._doc_ids()
         if doc_ids is not None:  # a batch of whole documents: at most `bs` windows through the model at once
             model = getattr(self.learn.model, "module", self.learn.model)
             if isinstance(model, HFModelWrapper):
-                model.window_bs = self._window_setting("bs", None)
+                model.window_bs = loader_setting(self.learn, "bs", None)
         if self.use_hf_loss and len(self.yb):
             # the model's own loss is per window: each window gets its document's target
             yb = self.yb if doc_ids is None else tuple(y[doc_ids.to(y.device)] for y in self.yb)
@@ -138,11 +137,9 @@ class HFModelCallback(Callback):
 
     def after_pred(self):
         self.model_outputs = self.pred
-        pred = self.pred_from_outputs(self.pred)
-        doc_ids = self._doc_ids()
-        if doc_ids is not None:  # one row per document, as its targets: loss, metrics and get_preds per document
-            pred = aggregate_windows(pred, doc_ids, self._window_setting("window_agg", "mean"))
-        self.learn.pred = pred
+        self.learn.pred = self.pred_from_outputs(self.pred)
+        if self._doc_ids() is not None:  # one row per document, as its targets: loss, metrics and get_preds per document
+            self.learn.pred = self.combine_windows(self.learn, self.learn.pred)
 
     def after_loss(self):
         loss = getattr(self.model_outputs, "loss", None)
@@ -319,7 +316,8 @@ def hf_learner(dls, hf_model: nn.Module | None = None, loss_func=None, metrics=N
         check_adapter_task(hf_model, task)
     loss_func = task.default_loss(dls) if loss_func is None else loss_func
     metrics = task.default_metrics(dls) if metrics is None else metrics
-    cbs = [HFModelCallback(use_hf_loss, task.pred_from_outputs, task.model_targets), *task.default_cbs(dls), *L(cbs)]
+    cbs = [HFModelCallback(use_hf_loss, task.pred_from_outputs, task.model_targets, task.combine_windows),
+           *task.default_cbs(dls), *L(cbs)]
     learner_kwargs.setdefault("opt_func", HFAdamW)  # fastai's Adam as torch's fused AdamW
     return HFLearner(dls, HFModelWrapper(hf_model, task.non_model_keys), loss_func=loss_func, metrics=metrics,
                      cbs=cbs, splitter=splitter, **learner_kwargs)

@@ -131,6 +131,18 @@ def regression_frame(reviews):
     return pd.DataFrame({"text": reviews.text, "label": score, "is_valid": reviews.is_valid})
 
 
+def qa_frame(reviews):
+    "Questions on the reviews: which word was good (positive reviews) or bad (negative); answers in SQuAD's form."
+    rows = []
+    for text, label, is_valid in zip(reviews.text, reviews.label, reviews.is_valid):
+        words = text.split(" ")
+        cue = next(i for i, w in enumerate(words) if w in POSITIVE + NEGATIVE)
+        start = len(" ".join(words[:cue])) + (1 if cue else 0)
+        rows.append({"question": "what was good" if label == "positive" else "what was bad", "context": text,
+                     "answers": {"text": [words[cue]], "answer_start": [start]}, "is_valid": is_valid})
+    return pd.DataFrame(rows)
+
+
 # One example per registered task, for the contract tests (a new task adds its own): the training frame (columns as
 # the task's `from_df` defaults), the inputs of `predict_json`, and how the task's pipeline is called on them.
 TASK_EXAMPLES = {
@@ -145,6 +157,14 @@ TASK_EXAMPLES = {
                                  pipeline_kwargs={"aggregation_strategy": "simple"}),
     "fill-mask": dict(frame=lambda n: make_reviews(n)[["text", "is_valid"]],
                       texts=["the movie was [MASK] .", "the [MASK] was very [MASK]"], pipeline_kwargs={}),
+    # question answering's inputs are (question, context) pairs; the command line takes --question/--context
+    "question-answering": dict(frame=lambda n: qa_frame(make_reviews(n)),
+                               texts=[{"question": "what was good", "context": "the movie was good and the actor fine"},
+                                      {"question": "what was bad", "context": "a boring plot"}],
+                               predict_argv=["--question", "what was good", "--context",
+                                             "the movie was good and the actor fine", "--question", "what was bad",
+                                             "--context", "a boring plot"],
+                               pipeline_kwargs={}),
 }
 
 

@@ -17,7 +17,7 @@ from typing import Callable, get_type_hints
 
 __all__ = ["HFTask", "register_task", "get_task", "registered_tasks", "task_for", "load_builtin_tasks",
            "builtin_task_names", "set_model_labels", "pipeline_in_length_order", "logits_as_pred",
-           "targets_as_labels"]
+           "targets_as_labels", "mean_or_max_of_windows", "texts_and_lines"]
 
 _TASKS: dict[str, "HFTask"] = {}
 # The task modules that ship with blurlite, with the names and default columns they register: the command line
@@ -28,6 +28,7 @@ _BUILTIN_TASKS = {
     "blurlite.tasks.token_classification": ("token-classification", ("ner",), ("words", "tags")),
     "blurlite.tasks.masked_lm": ("fill-mask", ("masked-lm", "mlm"), ("text", None)),
     "blurlite.tasks.regression": ("text-regression", ("regression",), ("text", "label")),
+    "blurlite.tasks.question_answering": ("question-answering", ("qa",), ("question", "answers")),
 }
 
 
@@ -43,6 +44,24 @@ def logits_as_pred(outputs):
     "fastai's `pred` from a model's `ModelOutput`: its `logits` (else its first field)."
     logits = getattr(outputs, "logits", None)
     return logits if logits is not None else outputs[0]
+
+
+def mean_or_max_of_windows(learn, pred):
+    """One row per document from the rows of its windows: the mean or max of their logits (the loader's
+    `window_agg`), the default `HFTask.combine_windows` (long-document classification)."""
+    from ..data import DOC_IDS, aggregate_windows, loader_setting
+
+    return aggregate_windows(pred, learn.xb[0][DOC_IDS], loader_setting(learn, "window_agg", "mean"))
+
+
+def texts_and_lines(texts: list, options: dict, file) -> list:
+    "The default `HFTask.predict_inputs`: the command line's texts, then the non-empty lines of `file`."
+    if options:
+        raise ValueError(f"{next(iter(options))} is not an option of this model's task")
+    lines = [] if file is None else [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts and not lines:
+        raise ValueError("give texts to predict, or --file FILE with one text per line")
+    return [*texts, *lines]
 
 
 def targets_as_labels(yb: tuple) -> dict:
@@ -84,6 +103,13 @@ class HFTask:
     aliases: tuple = ()  # other names `get_task` (and `--task`) accept
     description: str = ""  # one line for `blurlite train --help`
     peft_task_type: str | None = None  # peft's ("SEQ_CLS", ...): the head trains with adapters; None: adapters only
+    # (learn, pred) -> pred: one row per document from the rows of its windows, for batches of document windows
+    # (`doc_ids` in the batch): classification averages logits, question answering searches spans
+    combine_windows: Callable = mean_or_max_of_windows
+    # `blurlite predict` options of the task (flag -> help; each takes a value and may repeat), e.g. --question
+    predict_options: Mapping = field(default_factory=lambda: MappingProxyType({}))
+    # (texts, {flag: [values]}, file or None) -> the inputs `predict_json` answers, from the command line
+    predict_inputs: Callable = texts_and_lines
 
     def __post_init__(self):
         # accept the obvious spellings (a set of keys, a dict, a list of aliases) and store them frozen
@@ -91,7 +117,7 @@ class HFTask:
             value = getattr(self, name)
             if isinstance(value, (set, list, tuple, frozenset)) and not isinstance(value, kind):
                 object.__setattr__(self, name, kind(value))
-        for name in ("pad_values", "readers", "pipeline_kwargs"):
+        for name in ("pad_values", "readers", "pipeline_kwargs", "predict_options"):
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, MappingProxyType(dict(value)))
@@ -130,6 +156,10 @@ def _check_field(task: HFTask, name: str, hint) -> str | None:
     if name == "pipeline_kwargs":
         ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
         return None if ok else "must map pipeline argument names (str) to values"
+    if name == "predict_options":
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith("--") and isinstance(v, str)
+                                                 for k, v in value.items())
+        return None if ok else "must map command-line flags ('--name') to their help (str)"
     if name == "readers":
         ok = isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith(".") and callable(v)
                                                  for k, v in value.items())
