@@ -52,3 +52,15 @@ __all__ += ["HFAdamW", "example_data", "BF16EmulationWarning", "CPUMixedPrecisio
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification  # noqa: E402
 
 __all__ += ["AutoModelForMaskedLM", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"]
+from .tasks.question_answering import (HFQABlock, HFQADataLoaders, HFQAInput, HFQATokenize, QALossFlat, QAMetric,
+                                       QAnswers, QAnswersBlock, QAnswerText, QAReferences, QAText, QAWindowLabels,
+                                       TensorQAPositions, TensorQAPrediction, TensorQASpans, TensorQATargets,
+                                       normalize_answer, qa_windows, search_answers, squad_answer_scores,
+                                       squad_exact_match, squad_f1, squad_to_df)
+from transformers import AutoModelForQuestionAnswering  # noqa: E402
+
+__all__ += ["HFQABlock", "HFQADataLoaders", "HFQAInput", "HFQATokenize", "QALossFlat", "QAMetric", "QAnswers",
+            "QAnswersBlock", "QAnswerText", "QAReferences", "QAText", "QAWindowLabels", "TensorQAPositions",
+            "TensorQAPrediction", "TensorQASpans", "TensorQATargets", "normalize_answer", "qa_windows",
+            "search_answers", "squad_answer_scores", "squad_exact_match", "squad_f1", "squad_to_df",
+            "AutoModelForQuestionAnswering"]

@@ -425,6 +425,15 @@ def _parser(with_tasks: bool = False, task_options: bool = False) -> argparse.Ar
     return parser
 
 
+def _is_predict_of_an_artifact(argv: list[str]) -> bool:
+    """Whether `argv` runs `predict` on a saved artifact: then the parser takes the tasks' own options (importing the
+    tasks); a bad directory is reported without those imports (at once)."""
+    if argv[:1] != ["predict"] or {"-h", "--help"} & set(argv):
+        return argv[:1] == ["predict"]
+    known, _ = _parser().parse_known_args(argv)
+    return (Path(known.model_dir) / "blurlite.json").is_file()
+
+
 def _print_error(message: str) -> None:
     """One line on stderr: from rank 0, and from any rank whose error may be its own.
 
@@ -451,7 +460,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_dependencies()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(with_tasks=bool({"-h", "--help"} & set(argv)), task_options=argv[:1] == ["predict"]).parse_args(argv)
+    args = _parser(with_tasks=bool({"-h", "--help"} & set(argv)), task_options=_is_predict_of_an_artifact(argv)
+                   ).parse_args(argv)
     for name in ("epochs", "bs", "num_processes"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"blurlite: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)

@@ -65,15 +65,25 @@ class HFModelWrapper(nn.Module):
             self._forward_keys = frozenset(named) if named else None
         return x if self._forward_keys is None else {k: v for k, v in x.items() if k in self._forward_keys}
 
+    def run_model(self, **inputs):
+        """`hf_model(**inputs)`. An adapter model's transformers model is called directly (its adapter layers sit
+        inside it): peft's task wrappers name inputs they do not pass on (`PeftModelForQuestionAnswering` drops
+        `token_type_ids`), which would train and answer differently from the merged or reloaded model."""
+        model = self.hf_model
+        config = getattr(model, "active_peft_config", None) if has_adapters(model) else None
+        if config is not None and not config.is_prompt_learning:
+            return model.get_base_model()(**inputs)
+        return model(**inputs)
+
     def forward(self, x: dict):
         if DOC_IDS in x and self.window_bs and len(x[DOC_IDS]) > self.window_bs:
             return self._forward_in_chunks(x)
-        return self.hf_model(**self.model_inputs(x))
+        return self.run_model(**self.model_inputs(x))
 
     def _forward_in_chunks(self, x: dict):
         "The model's output on a batch of windows, computed `window_bs` windows at a time (per-window outputs, loss)."
         inputs, n = self.model_inputs(x), len(x[DOC_IDS])
-        outs = [self.hf_model(**{k: v[i:i + self.window_bs] if isinstance(v, torch.Tensor) and len(v) == n else v
+        outs = [self.run_model(**{k: v[i:i + self.window_bs] if isinstance(v, torch.Tensor) and len(v) == n else v
                                  for k, v in inputs.items()}) for i in range(0, n, self.window_bs)]
         first, sizes = outs[0], [min(self.window_bs, n - i) for i in range(0, n, self.window_bs)]
         for key, value in first.items():  # per-window outputs (logits, start_logits, ...) joined

@@ -68,7 +68,8 @@ def test_the_task_type_is_filled_in_and_the_head_is_saved(trained):
     assert getattr(config.task_type, "value", config.task_type) == task.peft_task_type
     if task.peft_task_type is not None:  # the head: the classifier, and BERT's pooler where the model has one
         pooler = ["bert.pooler"] if task.peft_task_type == "SEQ_CLS" else []
-        assert {"classifier", *pooler} <= set(config.modules_to_save)
+        head = "qa_outputs" if task.peft_task_type == "QUESTION_ANS" else "classifier"
+        assert {head, *pooler} <= set(config.modules_to_save)
 
 
 def test_parameter_counts_report_a_small_trainable_fraction(trained):
@@ -116,9 +117,11 @@ def test_merged_artifact_is_a_plain_model_that_the_pipeline_answers_like_the_lea
     loaded = load_pretrained_learner(out)
     assert not has_adapters(loaded)
     ours = task.predict_json(learn, example["texts"])
-    theirs = pipeline(task.pipeline, model=str(out))(example["texts"], **example["pipeline_kwargs"])
     reloaded = task.predict_json(loaded, example["texts"])
-    for other in (theirs, reloaded):  # merged weights: the same answers up to float rounding
+    # question answering has no transformers-5 pipeline: test_question_answering checks its answers against 4.57.6's
+    theirs = [pipeline(task.pipeline, model=str(out))(example["texts"], **example["pipeline_kwargs"])] \
+        if task.pipeline else []
+    for other in (*theirs, reloaded):  # merged weights: the same answers up to float rounding
         assert _labels(ours) == _labels(other)
         assert _scores(ours) == pytest.approx(_scores(other), abs=1e-4)
 
@@ -132,7 +135,7 @@ def _flat(results):
 
 
 def _labels(results):
-    return [r.get("label", r.get("entity_group", r.get("token_str"))) for r in _flat(results)]
+    return [r.get("label", r.get("entity_group", r.get("token_str", r.get("answer")))) for r in _flat(results)]
 
 
 def _scores(results):

@@ -44,7 +44,7 @@ from . import HFTask, register_task, task_for
 __all__ = ["HFQAInput", "HFQATokenize", "HFQABlock", "QAnswersBlock", "QAnswers", "QAWindowLabels", "HFQADataLoaders",
            "QALossFlat", "QAMetric", "squad_exact_match", "squad_f1", "squad_to_df", "normalize_answer",
            "squad_answer_scores", "QAText", "QAnswerText", "QAReferences", "TensorQASpans", "TensorQAPositions",
-           "TensorQATargets", "TensorQAPrediction", "qa_windows"]
+           "TensorQATargets", "TensorQAPrediction", "qa_windows", "search_answers", "check_qa_frame"]
 
 TASK_NAME = "question-answering"
 # per-token keys the span search reads (not model inputs): which sequence a token is of (-1: special), its characters
@@ -81,8 +81,18 @@ class QAnswerText(str):
         return (QAnswerText, (str(self), self.start, self.end, self.score))
 
 
-class QAReferences(tuple):
-    "The reference answers of a question (`QAnswerText`s); empty: the question has no answer (SQuAD v2)."
+class QAReferences(str):
+    """The reference answers of a question: their texts joined by " | " (a str, so that fastai's decoding keeps it
+    whole), each `QAnswerText` in `answers`; none: the question has no answer (SQuAD v2)."""
+
+    def __new__(cls, answers=()):
+        answers = tuple(answers)
+        self = super().__new__(cls, " | ".join(answers))
+        self.answers = answers
+        return self
+
+    def __reduce__(self):
+        return (QAReferences, (self.answers,))
 
 
 class TensorQASpans(TensorBase):
@@ -94,14 +104,15 @@ class TensorQAPositions(TensorBase):
     "A window's label: the tokens where its answer starts and ends; `[0, 0]` (the first token) where it has none."
 
 
-class TensorQATargets(TensorBase):
+# fastai casts what it decodes to the target type its training loader recorded (window labels): question targets
+# and predictions subclass it, so that they keep their own type
+class TensorQATargets(TensorQAPositions):
     "A question's targets: `[n_windows, start_0, end_0, ..., start_n-1, end_n-1, *reference spans]`."
     pad_value = IGNORE_INDEX
 
 
-class TensorQAPrediction(TensorQATargets, TensorQAPositions):
-    """A question's prediction after the span search: `[loss, score, start, end]` (characters of the context).
-    A subclass of the targets' types: fastai casts what it decodes to the type its loader's targets had."""
+class TensorQAPrediction(TensorQATargets):
+    "A question's prediction after the span search: `[loss, score, start, end]` (characters of the context)."
 
 
 def _chars(text: str) -> torch.Tensor:
@@ -251,8 +262,11 @@ class HFQATokenize(HFTokenize):
         self.stride, self.max_answer_len = stride, max_answer_len
         self.handle_impossible_answer = handle_impossible_answer
         self.pairs = True
+        self.input_types = (list, tuple, L, dict)  # `predict((question, context))`, or the pipeline's dict
 
     def key(self, x, where=lambda: "input", labelled=False):
+        if isinstance(x, Mapping) and {"question", "context"} <= set(x):
+            x = (x["question"], x["context"])
         if not (isinstance(x, (tuple, list, L)) and len(x) == 2):
             raise TypeError(f"{where()}: expected a (question, context) pair, got {type(x).__name__} {x!r}")
         for name, text in zip(("question", "context"), x):
@@ -272,6 +286,10 @@ class HFQATokenize(HFTokenize):
                 except Exception:  # noqa: BLE001  the first row that fails is named
                     raise ValueError(f"{describe_item(items, i)}: {self._too_long(e)}") from e
             raise
+
+    def encodes(self, x: dict):  # noqa: F811 (plum dispatches on the type)
+        "The pipeline's `{'question': ..., 'context': ...}` (an item already tokenized passes)."
+        return x if isinstance(x, HFTextInput) else HFTokenize.encodes(self, self.key(x))
 
     def _too_long(self, error) -> str:
         return (f"the question leaves no room for its context in windows of max_length={self.max_length} tokens "
@@ -399,15 +417,15 @@ def _decoded_answer(y, window: Mapping, context: str):
     if isinstance(y, TensorQAPrediction):
         start, end = int(y[START]), int(y[END])
         return QAnswerText(context[start:end], start, end, float(y[SCORE]))
+    if isinstance(y, (TensorQATargets, TensorQASpans)):
+        spans = _reference_spans(y)
+        return QAReferences(QAnswerText(context[s:e], s, e) for s, e in spans)
     if isinstance(y, TensorQAPositions):
         s, e = int(y[0]), int(y[1])
         if s == 0 and e == 0:
             return QAnswerText("")
         start, end = int(window["offset_start"][s]), int(window["offset_end"][e])
         return QAnswerText(context[start:end], start, end)
-    if isinstance(y, (TensorQATargets, TensorQASpans)):
-        spans = _reference_spans(y)
-        return QAReferences(QAnswerText(context[s:e], s, e) for s, e in spans)
     return y
 
 
@@ -696,13 +714,11 @@ def _trimmed(context: str, answer, first: int, last: int, trunc_at: int | None) 
 
 
 def _shown(answer) -> str:
-    if isinstance(answer, QAReferences):
-        return " | ".join(answer) if answer else "(no answer)"
     return str(answer) if str(answer) else "(no answer)"
 
 
 def _first_answer(y):
-    return y[0] if isinstance(y, QAReferences) and y else y
+    return y.answers[0] if isinstance(y, QAReferences) and y.answers else y
 
 
 @dispatch
