@@ -168,7 +168,8 @@ def inference_run(learn, valid, args) -> dict:
     start = time.perf_counter()
     ours = learn.answer([q for q, _ in items], [c for _, c in items])
     ours_s = time.perf_counter() - start
-    row = {"questions": len(items), "windows": None, "blurlite answer s": ours_s}
+    windows = sum(len(find_windows(learn, q, c)) for q, c in items)
+    row = {"questions": len(items), "windows": windows, "blurlite answer s": ours_s}
     if args.skip_pipeline:
         return row
     ensure_tf4(args.tf4)
@@ -183,7 +184,7 @@ def inference_run(learn, valid, args) -> dict:
     same = sum((a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"])
                for a, b in zip(ours, theirs["answers"]))
     worst = max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs["answers"]))
-    long_contexts = [i for i, (q, c) in enumerate(items) if len(find_windows(learn, q, c)) > 1]
+    long_contexts = [i for i, (q, c) in enumerate(items) if len(find_windows(learn, q, c)) > 1]  # several windows
     same_long = sum((ours[i]["answer"], ours[i]["start"]) == (theirs["answers"][i]["answer"],
                                                               theirs["answers"][i]["start"]) for i in long_contexts)
     row.update({"pipeline": f"transformers {theirs['version']}", "pipeline s": theirs["seconds"],

@@ -55,12 +55,14 @@ __all__ += ["AutoModelForMaskedLM", "AutoModelForSequenceClassification", "AutoM
 from .tasks.question_answering import (HFQABlock, HFQADataLoaders, HFQAInput, HFQATokenize, QALossFlat, QAMetric,
                                        QAnswers, QAnswersBlock, QAnswerText, QAReferences, QAText, QAWindowLabels,
                                        TensorQAPositions, TensorQAPrediction, TensorQASpans, TensorQATargets,
-                                       normalize_answer, qa_windows, search_answers, squad_answer_scores,
-                                       squad_exact_match, squad_f1, squad_to_df)
+                                       qa_windows, squad_exact_match, squad_f1)
+from .tasks.squad import (check_qa_frame, normalize_answer, parse_answers, search_answers, squad_answer_scores,
+                          squad_to_df)
 from transformers import AutoModelForQuestionAnswering  # noqa: E402
 
 __all__ += ["HFQABlock", "HFQADataLoaders", "HFQAInput", "HFQATokenize", "QALossFlat", "QAMetric", "QAnswers",
             "QAnswersBlock", "QAnswerText", "QAReferences", "QAText", "QAWindowLabels", "TensorQAPositions",
             "TensorQAPrediction", "TensorQASpans", "TensorQATargets", "normalize_answer", "qa_windows",
-            "search_answers", "squad_answer_scores", "squad_exact_match", "squad_f1", "squad_to_df",
+            "search_answers", "squad_answer_scores", "squad_exact_match", "squad_f1", "squad_to_df", "check_qa_frame",
+            "parse_answers",
             "AutoModelForQuestionAnswering"]

@@ -36,6 +36,19 @@ def tiny_bert_dir(tmp_path_factory):
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
+def child_process_env() -> dict:
+    """The environment of a blurlite process a test starts (torchrun, the command line): no distributed settings
+    inherited, one thread a process, offline, this checkout importable."""
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT", "ACCELERATE_USE_CPU")}
+    repo = str(Path(__file__).resolve().parents[1])
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p))
+    return env
+
+
 def make_reviews(n=120, seed=0, n_classes=2):
     "Synthetic reviews whose sentiment words decide the label."
     rng = random.Random(seed)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TASK_EXAMPLES, VOCAB, save_tiny_bert, task_example, tiny_bert_config
+from conftest import TASK_EXAMPLES, VOCAB, child_process_env, save_tiny_bert, task_example, tiny_bert_config
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.learner import load_learner
 from fastai.torch_core import set_seed
@@ -351,15 +351,9 @@ def test_predict_base_model_must_be_a_directory(adapter_on_own_base, capsys):
 
 def test_lora_trains_on_two_processes(reviews_csv, tiny_bert_dir, tmp_path):
     "`distrib_ctx` with adapters: DDP over the trainable parameters only (the frozen base is not reduced)."
-    import os
     import subprocess
-    from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "ACCELERATE_USE_CPU")}
-    repo = str(Path(__file__).resolve().parents[1])
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p))
+    env = child_process_env()
     out = tmp_path / "ddp-lora"
     done = subprocess.run([sys.executable, "-m", "blurlite", "train", "--data", str(reviews_csv), "--model",
                            str(tiny_bert_dir), "--valid-col", "is_valid", "--epochs", "1", "--bs", "8", "--lr", "1e-2",

@@ -1,4 +1,5 @@
 """example_data: the local shared copy first, else fastai's data directory, downloaded once; no network here."""
+import json
 import urllib.error
 from pathlib import Path
 
@@ -137,3 +138,16 @@ def test_wnut_reads_alike_with_blank_or_tab_only_separator_lines(tmp_path):
     for path in (blank, tab):
         df = read_conll(path)
         assert list(zip(df.words, df.tags)) == expected
+
+
+def test_a_squad_download_keeps_its_article_only(home, monkeypatch):
+    articles = [{"title": t, "paragraphs": []} for t in ("Beyonce", "University_of_Notre_Dame", "Paris")]
+
+    def fake_download(url, dest):
+        assert url.endswith("train-v1.1.json")
+        _put(dest, json.dumps({"version": "1.1", "data": articles}))
+
+    monkeypatch.setattr(datasets, "_download", fake_download)
+    path = example_data("squad_v1_notre_dame.json")
+    assert path == home / "fastai" / "data" / "squad_v1_notre_dame.json"
+    assert [a["title"] for a in json.loads(path.read_text())["data"]] == ["University_of_Notre_Dame"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from arch_zoo import ARCHS, save_checkpoint
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, save_tiny_bert
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, child_process_env, save_tiny_bert
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.interpret import Interpretation
 from fastai.learner import load_learner
@@ -498,3 +498,53 @@ def test_the_command_line_names_the_bad_row_of_a_file(qa_dir, tmp_path, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ------------------------------------------------------------------------------------------- several processes
+DISTRIBUTED_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401
+from fastai.torch_core import set_seed
+from test_question_answering import WINDOW, qa_rows
+from blurlite.all import HFQADataLoaders, hf_learner
+
+set_seed(0)
+dls = HFQADataLoaders.from_df(qa_rows(64), sys.argv[2], valid_col="is_valid", bs=4, **WINDOW)
+learn = hf_learner(dls)
+with learn.distrib_ctx():
+    learn.fit_one_cycle(1, 1e-3)
+    scores = learn.validate()
+    preds, targets = learn.get_preds()
+learn.save_pretrained(sys.argv[3])
+json.dump({"scores": [float(v) for v in scores], "preds": preds.tolist(), "targets": targets.tolist()},
+          open(os.path.join(sys.argv[4], f"rank{os.environ['RANK']}.json"), "w"))
+"""
+
+
+def test_two_processes_train_and_validate_every_question_once_exactly(qa_dir, tmp_path):
+    "distrib_ctx on 2 CPU processes: every rank ends with the one-process validation of the trained model."
+    import subprocess
+    from pathlib import Path
+
+    if not torch.distributed.is_available():
+        pytest.fail("this torch has no torch.distributed")
+    script = tmp_path / "train_qa.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = child_process_env()
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(Path(__file__).parent), str(qa_dir), str(out), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    learn = load_pretrained_learner(out)  # the trained model, validated in one process on the same questions
+    one = hf_learner(HFQADataLoaders.from_df(qa_rows(64), qa_dir, valid_col="is_valid", bs=4, **WINDOW),
+                     learn.model.hf_model)
+    with one.no_bar(), one.no_logging():
+        scores = one.validate()
+        preds, targets = one.get_preds()
+    assert ranks[0]["scores"] == pytest.approx([float(v) for v in scores], abs=1e-5)
+    assert len(ranks[0]["preds"]) == len(preds) == 16
+    assert np.allclose(ranks[0]["preds"], preds.numpy(), atol=1e-4) and ranks[0]["targets"] == targets.tolist()

@@ -210,9 +210,11 @@ def builtin_task_names() -> dict[str, tuple[str, tuple]]:
 
 
 def registered_tasks() -> tuple[HFTask, ...]:
-    "Every registered task, the built-in ones first."
+    "Every registered task: the built-in ones first, in a fixed order (whichever module was imported first)."
     load_builtin_tasks()
-    return tuple(_TASKS.values())
+    builtin = [name for name, _, _ in _BUILTIN_TASKS.values()]
+    order = {name: i for i, name in enumerate(builtin)}
+    return tuple(sorted(_TASKS.values(), key=lambda t: order.get(t.name, len(order))))
 
 
 def get_task(name: str) -> HFTask:

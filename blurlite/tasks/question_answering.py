@@ -9,9 +9,6 @@ pipeline did (`select_starts_ends`, word alignment, answers merged by text) and 
 from __future__ import annotations
 
 import json
-import re
-import string
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -31,20 +28,21 @@ from fastcore.basics import patch
 from fasttransform import ItemTransform, Transform
 from plum import dispatch
 from transformers import AutoModelForQuestionAnswering
-from transformers.pipelines.document_question_answering import select_starts_ends
 
 from ..adapters import plain_model
-from ..checks import check_columns, check_frame, check_texts, describe_item
+from ..checks import describe_item
 from ..data import (DOC_IDS, IGNORE_INDEX, HFTextInput, HFTokenize, HFWindowedDL, find_hf_transform, is_document,
                     model_max_length, split_rows, tokenizer_pad_values)
 from ..hf_objects import get_hf_objects
 from ..ranks import all_reduce_sums
 from . import HFTask, register_task, task_for
+from .squad import (check_qa_frame, normalize_answer, parse_answers, search_answers, squad_answer_scores,
+                    squad_to_df)
 
 __all__ = ["HFQAInput", "HFQATokenize", "HFQABlock", "QAnswersBlock", "QAnswers", "QAWindowLabels", "HFQADataLoaders",
-           "QALossFlat", "QAMetric", "squad_exact_match", "squad_f1", "squad_to_df", "normalize_answer",
-           "squad_answer_scores", "QAText", "QAnswerText", "QAReferences", "TensorQASpans", "TensorQAPositions",
-           "TensorQATargets", "TensorQAPrediction", "qa_windows", "search_answers", "check_qa_frame"]
+           "QALossFlat", "QAMetric", "squad_exact_match", "squad_f1", "QAText", "QAnswerText", "QAReferences",
+           "TensorQASpans", "TensorQAPositions", "TensorQATargets", "TensorQAPrediction", "qa_windows",
+           "search_windows"]
 
 TASK_NAME = "question-answering"
 # per-token keys the span search reads (not model inputs): which sequence a token is of (-1: special), its characters
@@ -52,7 +50,6 @@ TASK_NAME = "question-answering"
 NON_MODEL_KEYS = frozenset({"sequence_ids", "offset_start", "offset_end", "word_start", "word_end", "context_chars"})
 PAD_VALUES = {"sequence_ids": -1, "offset_start": 0, "offset_end": 0, "word_start": -1, "word_end": -1,
               "context_chars": -1}
-NULL = -1  # a reference or window label that says: no answer
 LOSS, SCORE, START, END = range(4)  # the columns of a question's row after the span search
 
 
@@ -127,77 +124,6 @@ def _text(chars: torch.Tensor) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def _answers(value, where: str) -> dict:
-    "`value` as `{'text': [...], 'answer_start': [...]}` (a dict, or its JSON), checked; errors name `where`."
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: answers must be SQuAD's {{'text': [...], 'answer_start': [...]}} (or its "
-                             f"JSON), got the text {value[:80]!r}") from e
-    if not isinstance(value, Mapping) or not {"text", "answer_start"} <= set(value):
-        raise ValueError(f"{where}: answers must be SQuAD's {{'text': [...], 'answer_start': [...]}}, got {value!r}")
-    texts, starts = list(value["text"]), list(value["answer_start"])
-    if len(texts) != len(starts):
-        raise ValueError(f"{where}: {len(texts)} answer texts but {len(starts)} answer_start values")
-    for t, s in zip(texts, starts):
-        if not isinstance(t, str) or not t:
-            raise ValueError(f"{where}: an answer text must be a non-empty str, got {t!r}")
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise ValueError(f"{where}: answer_start must be a character offset (int >= 0), got {s!r}")
-    return {"text": texts, "answer_start": [int(s) for s in starts]}
-
-
-def check_qa_frame(df: pd.DataFrame, question_col="question", context_col="context",
-                   answers_col: str | None = "answers") -> list[dict] | None:
-    """Check a question-answering frame; return its answers, parsed (None without `answers_col`). Errors name the row
-    and column: missing or empty texts, answers not in SQuAD's form, an `answer_start` that does not point at its
-    text."""
-    check_frame(df)
-    check_columns(df, [question_col, context_col] + ([answers_col] if answers_col else []), "question-answering")
-    for column in (question_col, context_col):
-        check_texts(df[column], df.index, column)
-        empty = [i for i, v in zip(df.index, df[column]) if not v.strip()]
-        if empty:
-            raise ValueError(f"row {empty[0]!r}, column {column!r}: the text is empty; drop or fill that row")
-    if answers_col is None:
-        return None
-    answers = []
-    for row, context, value in zip(df.index, df[context_col], df[answers_col]):
-        parsed = _answers(value, f"row {row!r}, column {answers_col!r}")
-        for t, s in zip(parsed["text"], parsed["answer_start"]):
-            if context[s:s + len(t)] != t:
-                raise ValueError(f"row {row!r}, column {answers_col!r}: answer_start {s} does not point at the answer "
-                                 f"{t!r} (the context holds {context[s:s + len(t)]!r} there); fix the offset")
-        answers.append(parsed)
-    return answers
-
-
-def squad_to_df(path_or_dict) -> pd.DataFrame:
-    """SQuAD JSON (v1.1 or v2.0; a path or the loaded dict) as one row per question: `id`, `title`, `question`,
-    `context`, `answers` (`{"text": [...], "answer_start": [...]}`, empty lists for an unanswerable question)."""
-    data = path_or_dict
-    if not isinstance(data, Mapping):
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"no SQuAD file at {str(path)!r}")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data.get("data"), list):
-        raise ValueError("not SQuAD JSON: expected {'data': [{'title': ..., 'paragraphs': [...]}, ...]}")
-    rows = []
-    for a, article in enumerate(data["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            for qa in paragraph.get("qas", []):
-                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                rows.append({"id": qa.get("id", f"{a}-{p}-{len(rows)}"), "title": article.get("title", ""),
-                             "question": qa["question"], "context": paragraph["context"],
-                             "answers": {"text": [x["text"] for x in answers],
-                                         "answer_start": [int(x["answer_start"]) for x in answers]}})
-    if not rows:
-        raise ValueError("the SQuAD data holds no question")
-    return pd.DataFrame(rows)
-
-
 def _word_spans(words: np.ndarray, seq: np.ndarray, starts: np.ndarray, ends: np.ndarray, context_seq: int):
     """Per token, the characters of its word as the pipeline aligned answers to words (`Encoding.word_to_chars(
     token_to_word(t), context)`: the first and last token of that word in the context of this window); -1 where
@@ -338,13 +264,16 @@ class HFQABlock(TransformBlock):
 
     def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, max_length: int | None = 384,
                  stride: int | None = None, max_answer_len: int = 15, handle_impossible_answer: bool = False,
-                 tok_kwargs: dict | None = None, padding=True, truncation=True, **ignored):
+                 tok_kwargs: dict | None = None, padding=True, truncation=True):
         if not getattr(hf_tokenizer, "is_fast", False):
             raise ValueError("question answering needs a fast tokenizer (offsets, windows): load it with "
                              "get_hf_objects(...) / AutoTokenizer.from_pretrained(..., use_fast=True)")
         limit = model_max_length(hf_config, hf_tokenizer, hf_model)
         if max_length is None or (limit is not None and max_length > limit):
             max_length = limit or 384
+        if truncation is not True:  # `block_settings` records it; windows are how QA truncates
+            raise ValueError(f"question answering cuts long contexts into windows: leave truncation=True (got "
+                             f"{truncation!r})")
         if isinstance(max_answer_len, bool) or not isinstance(max_answer_len, int) or max_answer_len < 1:
             raise ValueError(f"max_answer_len must be an int of at least 1, got {max_answer_len!r}")
         tokenize = HFQATokenize(hf_tokenizer, max_length, _stride(max_length, stride, hf_tokenizer), max_answer_len,
@@ -360,7 +289,7 @@ class QAnswers(Transform):
     "SQuAD answers (`{'text': [...], 'answer_start': [...]}`, or its JSON) as character spans of the context."
 
     def encodes(self, answers: dict | str) -> TensorQASpans:
-        parsed = _answers(answers, "answers")
+        parsed = parse_answers(answers)
         spans = [v for t, s in zip(parsed["text"], parsed["answer_start"]) for v in (s, s + len(t))]
         return TensorQASpans(torch.tensor(spans, dtype=torch.long))
 
@@ -481,54 +410,6 @@ class HFQADataLoaders(DataLoaders):
 
 
 # ------------------------------------------------------------------------------------------------------ the search
-def _p_mask(window: Mapping, question_first: bool, cls_token_id) -> np.ndarray:
-    "The pipeline's p_mask: 1 where no answer may lie (question, special tokens; none context-first), 0 on [CLS]."
-    seq = window["sequence_ids"]  # the context is 1 (`qa_windows`): question first, the tokenizer's own numbering
-    p_mask = (seq != 1).astype(np.int64) if question_first else np.zeros(len(seq), dtype=np.int64)
-    if cls_token_id is not None:
-        p_mask[window["input_ids"] == cls_token_id] = 0
-    return p_mask
-
-
-def search_answers(windows: list[dict], contexts: list[str], doc_ids: list[int], top_k: int = 1,
-                   max_answer_len: int = 15, handle_impossible_answer: bool = False, align_to_words: bool = True,
-                   question_first: bool = True, cls_token_id=None) -> list[list[dict]]:
-    """The answers of each question from its windows, as transformers' question-answering pipeline searched them.
-
-    `windows`: unpadded numpy arrays per window (`start`, `end` logits, `input_ids`, `sequence_ids`, offsets, word
-    spans), in order; `doc_ids[i]`: window i's question; `contexts`: the questions' contexts. Per window the
-    pipeline's `select_starts_ends` (shipped with transformers) picks `2 * top_k + 10` spans (`top_k` without word
-    alignment); spans become characters (whole words with `align_to_words`), answers with the same text (any case)
-    add their scores; "" competes with the least no-answer score with `handle_impossible_answer`. Returns the
-    `top_k` best per question, `{"score", "start", "end", "answer"}`, best first.
-    """
-    pre_topk = top_k * 2 + 10 if align_to_words else top_k
-    found = [[] for _ in contexts]
-    null = [1000000.0] * len(contexts)  # the pipeline's start: large and positive
-    for window, d in zip(windows, doc_ids):
-        attention = np.ones((1, len(window["input_ids"])), dtype=np.int64)
-        starts, ends, scores, null[d] = select_starts_ends(
-            window["start"][None], window["end"][None], _p_mask(window, question_first, cls_token_id), attention,
-            null[d], pre_topk, handle_impossible_answer, max_answer_len)
-        for s, e, score in zip(starts, ends, scores):
-            if align_to_words and window["word_start"][s] >= 0 and window["word_end"][e] >= 0:
-                a, b = int(window["word_start"][s]), int(window["word_end"][e])
-            else:
-                a, b = int(window["offset_start"][s]), int(window["offset_end"][e])
-            text = contexts[d][a:b]
-            same = next((x for x in found[d] if x["answer"].lower() == text.lower()), None)
-            if same is not None:
-                same["score"] += score.item()
-            else:
-                found[d].append({"score": score.item(), "start": a, "end": b, "answer": text})
-    results = []
-    for d, answers in enumerate(found):
-        if handle_impossible_answer:
-            answers = [*answers, {"score": null[d], "start": 0, "end": 0, "answer": ""}]
-        results.append(sorted(answers, key=lambda x: x["score"], reverse=True)[:top_k])
-    return results
-
-
 def _numpy_windows(x: Mapping, start: torch.Tensor, end: torch.Tensor) -> list[dict]:
     "The windows of a padded batch `x` with their logits, unpadded, as numpy arrays (one dict per window)."
     keep = x["attention_mask"].bool().cpu().numpy()
@@ -621,31 +502,6 @@ class QALossFlat:
         if x.ndim == 2:  # a question's row: its answer
             return TensorQAPrediction(x)
         return TensorQAPositions(x.argmax(dim=1))  # a window's most likely start and end tokens
-
-
-def normalize_answer(text: str) -> str:
-    "SQuAD's answer normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text, flags=re.UNICODE).split())
-
-
-def squad_answer_scores(prediction: str, references: list[str]) -> tuple[float, float]:
-    """SQuAD's exact match and F1 of `prediction`, each the best over `references` (SQuAD v2.0's evaluation:
-    no references means no answer, matched by an empty prediction only)."""
-    references = list(references) or [""]
-    predicted = normalize_answer(prediction).split()
-    em, f1 = 0.0, 0.0
-    for reference in references:
-        gold = normalize_answer(reference).split()
-        em = max(em, float(predicted == gold))
-        if not gold or not predicted:
-            f1 = max(f1, float(gold == predicted))
-            continue
-        same = sum((Counter(predicted) & Counter(gold)).values())
-        if same:
-            precision, recall = same / len(predicted), same / len(gold)
-            f1 = max(f1, 2 * precision * recall / (precision + recall))
-    return em, f1
 
 
 class QAMetric(Metric):
