@@ -105,6 +105,8 @@ def _check_train_args(args) -> None:
         raise CommandError("the demo trains in one process: give --data FILE to train on several")
     if args.data is None and args.model is not None:
         raise CommandError("--data FILE is required with --model (or give neither to run the demo)")
+    if args.data is None and args.stride is not None:
+        raise CommandError("--stride is for --long-texts windows (or a task that always has windows) on --data FILE")
     if args.data is not None and not Path(args.data).is_file():
         raise CommandError(f"no data file at {str(args.data)!r}")
     if args.data is not None:
@@ -238,6 +240,9 @@ def _window_options(args, task) -> dict:
         if "long_texts" in params or "stride" not in params:  # windows on demand, or none at all
             raise CommandError("--stride is for --long-texts windows")
         return {"stride": args.stride}  # a task that always cuts windows (question answering)
+    if "long_texts" not in params and "stride" in params:
+        raise CommandError(f"--long-texts windows: task {task.name!r} always cuts long texts into windows; leave "
+                           "--long-texts out (--stride N sets their overlap)")
     if "long_texts" not in params:
         raise CommandError(f"--long-texts windows: task {task.name!r} has no windows (its from_df takes no "
                            "long_texts); see blurlite train --help for the tasks")
@@ -430,8 +435,7 @@ def _is_predict_of_an_artifact(argv: list[str]) -> bool:
     tasks); a bad directory is reported without those imports (at once)."""
     if argv[:1] != ["predict"] or {"-h", "--help"} & set(argv):
         return argv[:1] == ["predict"]
-    known, _ = _parser().parse_known_args(argv)
-    return (Path(known.model_dir) / "blurlite.json").is_file()
+    return any((Path(a) / "blurlite.json").is_file() for a in argv[1:])
 
 
 def _print_error(message: str) -> None:
@@ -460,8 +464,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_dependencies()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(with_tasks=bool({"-h", "--help"} & set(argv)), task_options=_is_predict_of_an_artifact(argv)
-                   ).parse_args(argv)
+    artifact = _is_predict_of_an_artifact(argv)
+    parser = _parser(with_tasks=bool({"-h", "--help"} & set(argv)), task_options=artifact)
+    # predict without an artifact: `predict` says what is wrong with the directory (not "unrecognized --question")
+    args = parser.parse_known_args(argv)[0] if argv[:1] == ["predict"] and not artifact else parser.parse_args(argv)
     for name in ("epochs", "bs", "num_processes"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"blurlite: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)

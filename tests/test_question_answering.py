@@ -182,7 +182,7 @@ def test_an_answer_cut_off_from_a_window_labels_only_the_window_that_holds_it(qa
     assert n >= 2 and windows[0] == [0, 0] and windows[-1] != [0, 0]
 
 
-def test_unanswerable_questions_are_labelled_with_the_first_token_and_may_be_answered_empty(qa_dir):
+def test_unanswerable_questions_are_labelled_with_the_first_token_and_may_be_answered_empty(qa_dir, tmp_path):
     df = qa_rows(24)
     df.loc[df.index % 3 == 0, "answers"] = [{"text": [], "answer_start": []}] * len(df.index[df.index % 3 == 0])
     dls = HFQADataLoaders.from_df(df, qa_dir, valid_col="is_valid", bs=4, **WINDOW)
@@ -193,8 +193,10 @@ def test_unanswerable_questions_are_labelled_with_the_first_token_and_may_be_ans
         if not len(dls.train_ds[i][1]):
             assert set(y[1:1 + 2 * int(y[0])].tolist()) == {0}
     learn = hf_learner(dls)
-    answers = learn.answer(df.question[0], df.context[0], top_k=10_000)
+    answers = learn.answer(df.question[0], df.context[0], top_k=10_000, handle_impossible_answer=True)
     assert {"score": answers[-1]["score"], "start": 0, "end": 0, "answer": ""} in answers  # the null answer competes
+    assert find_hf_transform(load_pretrained_learner(learn.save_pretrained(tmp_path / "v2")).dls
+                             ).handle_impossible_answer  # kept for validation and `blurlite predict`
 
 
 def test_squad_to_df_reads_v1_and_v2():
@@ -270,6 +272,13 @@ def test_answer_equals_the_pipeline_for_byte_bpe_and_context_first_tokenizers(ar
         hf_objects.hf_tokenizer.pad_token = hf_objects.hf_tokenizer.eos_token
     df = qa_rows(16)
     dls = HFQADataLoaders.from_df(df, hf_objects, valid_col="is_valid", bs=4, max_length=40, stride=8)
+    x, y = dls.train.one_batch()  # batches pad on the right: labels index the padded rows (Llama's pad left)
+    assert (x["attention_mask"][:, 0] == 1).all()
+    for row in range(len(y)):
+        s, e = y[row].tolist()
+        if (s, e) != (0, 0):
+            context = qa_module._text(x["context_chars"][row])
+            assert context[int(x["offset_start"][row, s]):int(x["offset_end"][row, e])].strip() in POSITIVE + NEGATIVE
     learn = hf_learner(dls)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(1, 1e-3)
@@ -425,6 +434,7 @@ def test_the_command_line_reads_answers_as_json_in_a_csv_cell(qa_dir, tmp_path, 
 
 @pytest.mark.parametrize("argv, message", [
     (["what"], "--question Q --context C"),
+    (["--question", " ", "--context", "x"], "--question 1: the question must be a non-empty text"),
     (["--question", "a", "--question", "b", "--context", "x", "--context", "y", "--context", "z"],
      "2 --question but 3 --context"),
     (["--question", "what"], "1 --question but 0 --context"),
@@ -486,6 +496,17 @@ def test_answer_refuses_mismatched_inputs_and_other_learners(trained, tiny_bert_
     other = hf_learner(HFTextDataLoaders.from_df(make_reviews(16), tiny_bert_dir, bs=4))
     with pytest.raises(TypeError, match="answer is for question-answering learners"):
         other.answer("what", "good")
+
+
+def test_errors_name_the_callers_row_labels(qa_dir):
+    df = _with("question", 7, " ".join(["movie"] * 40))
+    df.index = df.index + 500  # e.g. a slice of a bigger frame
+    with pytest.raises(ValueError, match="row 507: the question leaves no room"):
+        HFQADataLoaders.from_df(df, qa_dir, bs=2, **WINDOW)
+
+
+def test_a_single_question_in_a_list_answers_as_one(trained):
+    assert trained.answer(["what was good"], ["a good film"]) == trained.answer("what was good", "a good film")
 
 
 def test_the_command_line_names_the_bad_row_of_a_file(qa_dir, tmp_path, capsys):

@@ -134,10 +134,11 @@ def _word_spans(words: np.ndarray, seq: np.ndarray, starts: np.ndarray, ends: np
     if not len(in_context):
         return word_start, word_end
     size = int(words.max()) + 1
-    first, last = np.full(size, -1, dtype=np.int64), np.full(size, -1, dtype=np.int64)
+    first, last = np.full(size, np.iinfo(np.int64).max), np.full(size, -1, dtype=np.int64)
     ctx_words = words[in_context]
-    last[ctx_words] = ends[in_context]  # later tokens overwrite: the word's last token
-    first[ctx_words[::-1]] = starts[in_context[::-1]]  # reversed: the word's first token wins
+    np.minimum.at(first, ctx_words, starts[in_context])  # offsets grow along the text: the first token's start
+    np.maximum.at(last, ctx_words, ends[in_context])  # and the last token's end
+    first[first == np.iinfo(np.int64).max] = -1
     known = words >= 0
     word_start[known], word_end[known] = first[words[known]], last[words[known]]
     return word_start, word_end
@@ -279,8 +280,10 @@ class HFQABlock(TransformBlock):
         tokenize = HFQATokenize(hf_tokenizer, max_length, _stride(max_length, stride, hf_tokenizer), max_answer_len,
                                 bool(handle_impossible_answer), tok_kwargs)
         self.max_length = max_length
-        dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **PAD_VALUES},
-                          padding_side=hf_tokenizer.padding_side, pad_limit=max_length,
+        # batches pad on the right whatever the tokenizer does: a window's tokens keep their positions (its labels,
+        # and for rotary or learned positions its logits), as the pipeline ran each window unpadded
+        dls_kwargs = dict(pad_values={**tokenizer_pad_values(hf_tokenizer), **PAD_VALUES}, padding_side="right",
+                          pad_limit=max_length,
                           pad_to=max_length if padding == "max_length" else None, window_agg="search")
         super().__init__(type_tfms=[tokenize], dl_type=HFWindowedDL, dls_kwargs=dls_kwargs)
 
@@ -353,6 +356,8 @@ def _decoded_answer(y, window: Mapping, context: str):
         s, e = int(y[0]), int(y[1])
         if s == 0 and e == 0:
             return QAnswerText("")
+        if max(s, e) >= len(window["offset_start"]):  # a prediction at a padding position
+            return QAnswerText("")
         start, end = int(window["offset_start"][s]), int(window["offset_end"][e])
         return QAnswerText(context[start:end], start, end)
     return y
@@ -397,7 +402,7 @@ class HFQADataLoaders(DataLoaders):
         if not isinstance(hf_objects, tuple):
             hf_objects = get_hf_objects(hf_objects, model_cls=AutoModelForQuestionAnswering)
         frame = pd.DataFrame({"question": df[question_col].to_numpy(), "context": df[context_col].to_numpy(),
-                              "answers": answers})
+                              "answers": answers}, index=df.index)  # errors name the caller's rows
         dblock = DataBlock(blocks=(HFQABlock(*hf_objects, max_length=max_length, stride=stride,
                                              max_answer_len=max_answer_len,
                                              handle_impossible_answer=handle_impossible_answer, tok_kwargs=tok_kwargs),
@@ -415,7 +420,9 @@ def _numpy_windows(x: Mapping, start: torch.Tensor, end: torch.Tensor) -> list[d
     keep = x["attention_mask"].bool().cpu().numpy()
     arrays = {k: x[k].cpu().numpy() for k in ("input_ids", "sequence_ids", "offset_start", "offset_end",
                                               "word_start", "word_end")}
-    arrays["start"], arrays["end"] = start.float().cpu().numpy(), end.float().cpu().numpy()
+    # as the pipeline: bf16 logits become float32 (numpy has no bf16); fp16 and float32 ones stay as they are
+    arrays["start"], arrays["end"] = (t.float().cpu().numpy() if t.dtype == torch.bfloat16 else t.cpu().numpy()
+                                      for t in (start, end))
     return [{k: v[i][keep[i]] for k, v in arrays.items()} for i in range(len(keep))]
 
 
@@ -619,26 +626,27 @@ def _pairs(question, context) -> tuple[list[tuple[str, str]], bool]:
 
 
 @patch
-def answer(self: Learner, question, context, top_k: int = 1, max_answer_len: int | None = None,
-           handle_impossible_answer: bool | None = None, max_seq_len: int | None = None,
+def answer(self: Learner, question, context, top_k: int = 1, max_answer_len: int = 15,
+           handle_impossible_answer: bool = False, max_seq_len: int | None = None,
            doc_stride: int | None = None, align_to_words: bool = True, bs: int | None = None):
     """Answer `question` from `context` as transformers' `pipeline("question-answering")` did (removed in
     transformers 5; these are its answers): a dict `{"score", "start", "end", "answer"}` (characters of the
     context), or a list of the `top_k` best when there are several.
 
     Lists of questions and contexts (or many questions, one context) give one result per question, their windows run
-    `bs` at a time in length-sorted batches. Defaults: the learner's windows (`max_seq_len`, `doc_stride`), its
-    `max_answer_len` and `handle_impossible_answer`.
+    `bs` at a time in length-sorted batches; one question in a list answers as one question (as the pipeline did).
+    The windows default to the learner's (`max_seq_len`: its `max_length`; `doc_stride`: its `stride`, or the
+    pipeline's `min(max_seq_len // 2, 128)` for another `max_seq_len`); the rest are the pipeline's defaults.
+    `blurlite predict` and validation use the learner's `max_answer_len` and `handle_impossible_answer` (True when
+    its training data had unanswerable questions, SQuAD v2).
     """
     if task_for(self.dls).name != TASK_NAME:
         raise TypeError(f"answer is for question-answering learners; this learner is for {task_for(self.dls).name}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int of at least 1, got {top_k!r}")
     tfm = find_hf_transform(self.dls)
-    max_answer_len = tfm.max_answer_len if max_answer_len is None else max_answer_len
     if max_answer_len < 1:
         raise ValueError(f"max_answer_len must be at least 1, got {max_answer_len}")
-    impossible = tfm.handle_impossible_answer if handle_impossible_answer is None else handle_impossible_answer
     if doc_stride is None:  # the learner's windows, or the pipeline's default stride for other lengths
         doc_stride = tfm.stride if max_seq_len in (None, tfm.max_length) else None
     max_seq_len = max_seq_len or tfm.max_length
@@ -648,10 +656,11 @@ def answer(self: Learner, question, context, top_k: int = 1, max_answer_len: int
     docs = tfm.tokenize(keys, max_length=max_seq_len, stride=doc_stride)
     windows, doc_ids = _run_windows(self, docs, bs or self.dls.valid.bs or 16)
     tokenizer = tfm.hf_tokenizer
-    results = search_answers(windows, [k[1] for k in keys], doc_ids, top_k, max_answer_len, bool(impossible),
+    results = search_answers(windows, [k[1] for k in keys], doc_ids, top_k, max_answer_len,
+                             bool(handle_impossible_answer),
                              align_to_words, tokenizer.padding_side == "right", tokenizer.cls_token_id)
     results = [r[0] if len(r) == 1 else r for r in results]
-    return results[0] if single else results
+    return results[0] if single or len(results) == 1 else results
 
 
 def _run_windows(learn, docs: list[HFQAInput], bs: int) -> tuple[list[dict], list[int]]:
@@ -720,9 +729,18 @@ def _predict_inputs(texts: list, options: dict, file) -> list[dict]:
                 items.append({"question": record["question"], "context": record["context"]})
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{file}, line {n}: expected JSON with \"question\" and \"context\" ({e})") from e
+            _check_texts(items[-1], f"{file}, line {n}")
     if not items:
         raise ValueError("give --question Q --context C, or --file FILE (JSON Lines with question and context)")
+    for i, item in enumerate(items[:len(questions)]):
+        _check_texts(item, f"--question {i + 1}")
     return items
+
+
+def _check_texts(item: dict, where: str) -> None:
+    for name in ("question", "context"):
+        if not isinstance(item[name], str) or not item[name].strip():
+            raise ValueError(f"{where}: the {name} must be a non-empty text, got {item[name]!r}")
 
 
 def _predict_json(learn, items: list) -> list:
@@ -730,7 +748,10 @@ def _predict_json(learn, items: list) -> list:
         return []
     questions = [i["question"] if isinstance(i, Mapping) else i[0] for i in items]
     contexts = [i["context"] if isinstance(i, Mapping) else i[1] for i in items]
-    return learn.answer(questions, contexts)
+    tfm = find_hf_transform(learn.dls)  # the model's own answer settings (its data's no-answer questions)
+    results = learn.answer(questions, contexts, max_answer_len=tfm.max_answer_len,
+                           handle_impossible_answer=tfm.handle_impossible_answer)
+    return [results] if len(items) == 1 else results
 
 
 TASK = register_task(HFTask(

@@ -101,7 +101,7 @@ def normalize_answer(text: str) -> str:
 def squad_answer_scores(prediction: str, references: list[str]) -> tuple[float, float]:
     """SQuAD's exact match and F1 of `prediction`, each the best over `references` (SQuAD v2.0's evaluation:
     no references means no answer, matched by an empty prediction only)."""
-    references = list(references) or [""]
+    references = [r for r in references if normalize_answer(r)] or [""]  # as SQuAD v2.0's script
     predicted = normalize_answer(prediction).split()
     em, f1 = 0.0, 0.0
     for reference in references:
