@@ -88,11 +88,11 @@ def pipeline_answers(model, tokenizer, question, context, top_k=1, max_answer_le
         if tokenizer.cls_token_id is not None:
             for c in np.nonzero(np.array(enc["input_ids"][i]) == tokenizer.cls_token_id)[0]:
                 p_mask[c] = 0
-        inputs = {k: torch.tensor([enc[k][i]]) for k in tokenizer.model_input_names}
+        inputs = {k: torch.tensor([enc[k][i]], device=model.device) for k in tokenizer.model_input_names}
         with torch.no_grad():
             out = model(**inputs)
         starts, ends, scores, min_null_score = select_starts_ends(
-            out.start_logits.float(), out.end_logits.float(), p_mask, np.array([enc["attention_mask"][i]]),
+            out.start_logits.float().cpu(), out.end_logits.float().cpu(), p_mask, np.array([enc["attention_mask"][i]]),
             min_null_score, top_k * 2 + 10 if align_to_words else top_k, handle_impossible_answer, max_answer_len)
         encoding = enc[i]
         for s, e, score in zip(starts, ends, scores):
@@ -293,9 +293,8 @@ def test_answer_equals_the_pipeline_for_byte_bpe_and_context_first_tokenizers(ar
 def test_batches_of_questions_answer_as_one_at_a_time(trained):
     df = qa_rows(10, seed=3)
     batched = trained.answer(list(df.question), list(df.context), bs=3)
-    assert batched == [trained.answer(q, c) for q, c in zip(df.question, df.context)] or all(
-        (a["answer"], a["start"]) == (b["answer"], b["start"]) and abs(a["score"] - b["score"]) < 1e-5
-        for a, b in zip(batched, [trained.answer(q, c) for q, c in zip(df.question, df.context)]))
+    for a, b in zip(batched, [trained.answer(q, c) for q, c in zip(df.question, df.context)], strict=True):
+        assert_same_answers(a, b)  # padding in a batch moves scores by float rounding only
     one_context = trained.answer(["what was good", "what was bad"], df.context[0])
     assert one_context == [trained.answer("what was good", df.context[0]), trained.answer("what was bad", df.context[0])]
 
@@ -360,14 +359,14 @@ def test_save_pretrained_keeps_windows_and_answer_settings(qa_dir, tmp_path):
     tfm = find_hf_transform(loaded.dls)
     assert (tfm.max_length, tfm.stride, tfm.max_answer_len, tfm.handle_impossible_answer) == (28, 6, 3, True)
     df = qa_rows(5, seed=2)
-    assert_answers = trained_answers = learn.answer(list(df.question), list(df.context), top_k=2)
-    for a, b in zip(loaded.answer(list(df.question), list(df.context), top_k=2), trained_answers):
+    trained_answers = learn.answer(list(df.question), list(df.context), top_k=2)
+    for a, b in zip(loaded.answer(list(df.question), list(df.context), top_k=2), trained_answers, strict=True):
         assert_same_answers(a, b)
-    assert assert_answers
     learn.export(tmp_path / "export.pkl")
     exported = load_learner(tmp_path / "export.pkl")
     assert task_for(exported.dls).name == "question-answering"
-    assert exported.answer(list(df.question), list(df.context), top_k=2) == trained_answers
+    for a, b in zip(exported.answer(list(df.question), list(df.context), top_k=2), trained_answers, strict=True):
+        assert_same_answers(a, b)  # load_learner puts it on the CPU: the learner may be on a GPU
 
 
 def test_lora_adapters_train_save_and_load(qa_dir, tmp_path):
@@ -382,12 +381,14 @@ def test_lora_adapters_train_save_and_load(qa_dir, tmp_path):
         learn.fit_one_cycle(1, 1e-2)
     changed = {n for n, p in learn.model.hf_model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n or "qa_outputs" in n for n in changed)
-    assert any("qa_outputs" in n for n in changed) and head is not None
+    assert any("qa_outputs" in n for n in changed) and isinstance(head, torch.nn.Module)
     df = qa_rows(4, seed=7)
     expected = learn.answer(list(df.question), list(df.context))
     learn.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-    assert load_pretrained_learner(tmp_path / "adapter").answer(list(df.question), list(df.context)) == expected
+    for a, b in zip(load_pretrained_learner(tmp_path / "adapter").answer(list(df.question), list(df.context)),
+                    expected, strict=True):
+        assert_same_answers(a, b)
     learn.save_pretrained(tmp_path / "merged", merge_adapters=True)
     merged = load_pretrained_learner(tmp_path / "merged").answer(list(df.question), list(df.context))
     for a, b in zip(merged, expected):
