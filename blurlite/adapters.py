@@ -2,8 +2,8 @@
 
 `hf_learner(dls, peft_config=LoraConfig(...))` wraps the model with `peft.get_peft_model`: the base weights are
 frozen; the adapters and the task's head (the model's modules outside its base model: `classifier`, ...) train and
-are saved. A task says which `peft` task type it is (`HFTask.peft_task_type`); without one (masked LM) only the
-adapters train. `peft` is optional: it is imported here, when an adapter is asked for.
+are saved. A task says which `peft` task type it is (`HFTask.peft_task_type`); without one (masked LM), or with
+`HFTask.adapter_head=False` (causal LM: its output layer is tied to the input embeddings), only the adapters train. `peft` is optional: it is imported here, when an adapter is asked for.
 """
 from __future__ import annotations
 
@@ -152,7 +152,8 @@ def _config_for_task(peft_config, hf_model: nn.Module, task):
     if hasattr(peft_config, "modules_to_save"):
         # the head is new (random) or task-specific, and so is any module the checkpoint lacks: trained, and saved
         # with the adapter, or the artifact would lose them
-        wanted_modules = [*(head_modules(hf_model) if wanted is not None else []), *new_modules(hf_model)]
+        wanted_modules = [*(head_modules(hf_model) if wanted is not None and task.adapter_head else []),
+                          *new_modules(hf_model)]
         # a module inside another one to save is saved with it (peft cannot wrap both)
         wanted_modules = [m for m in dict.fromkeys(wanted_modules)
                           if not any(m.startswith(other + ".") for other in wanted_modules)]

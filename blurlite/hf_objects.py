@@ -46,10 +46,15 @@ def get_hf_objects(
     config_kwargs: dict | None = None,
     tokenizer_kwargs: dict | None = None,
     model_kwargs: dict | None = None,
+    pretrained: bool = True,
 ) -> HFObjects:
     """Return `(hf_arch, hf_config, hf_tokenizer, hf_model)` with float32 weights.
 
-    Example: `hf_arch, hf_config, hf_tokenizer, hf_model = get_hf_objects(ckpt_dir, config_kwargs={"num_labels": 3})`
+    `pretrained=False` builds a new model (random weights) from `config` (default: the directory's config.json)
+    with the directory's tokenizer, to train from scratch: the config's vocabulary must hold the tokenizer's
+    tokens, and its special-token ids (bos, eos, pad) that do not fit the tokenizer are set from it.
+    Example: `hf_arch, hf_config, hf_tokenizer, hf_model = get_hf_objects(ckpt_dir, config_kwargs={"num_labels": 3})`;
+    `get_hf_objects(tokenizer_dir, model_cls=AutoModelForCausalLM, config=GPT2Config(n_layer=4), pretrained=False)`
     """
     name = os.fspath(pretrained_model_name_or_path)
     config_kwargs, tokenizer_kwargs = dict(config_kwargs or {}), dict(tokenizer_kwargs or {})
@@ -67,11 +72,32 @@ def get_hf_objects(
         elif config_kwargs:
             config = _config_with(config, config_kwargs)
         hf_tokenizer = (tokenizer_cls or AutoTokenizer).from_pretrained(name, **tokenizer_kwargs)
+        if not pretrained:
+            return _new_model(model_cls, config, hf_tokenizer, model_kwargs)
         hf_model = model_cls.from_pretrained(name, config=config, **model_kwargs)
     except OSError as e:
         raise _resolve_error(name, e) from e
     _check_finite(hf_model, name)
     return HFObjects(config.model_type, config, hf_tokenizer, hf_model)
+
+
+def _new_model(model_cls, config: PretrainedConfig, hf_tokenizer, model_kwargs: dict) -> HFObjects:
+    "A new float32 model of `config` for `hf_tokenizer`: vocabulary checked, special-token ids that do not fit set."
+    n_tokens = len(hf_tokenizer)
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is not None and vocab_size < n_tokens:
+        raise ValueError(f"the config's vocab_size={vocab_size} is smaller than the tokenizer's {n_tokens} tokens: "
+                         f"build the config with vocab_size={n_tokens}")
+    config = config.__class__.from_dict(config.to_dict())  # the caller's config is not changed
+    for kind in ("bos", "eos", "pad"):
+        token_id = getattr(hf_tokenizer, f"{kind}_token_id", None)
+        current = getattr(config, f"{kind}_token_id", None)
+        if token_id is not None and (current is None or not isinstance(current, int) or current >= n_tokens):
+            setattr(config, f"{kind}_token_id", token_id)
+    kwargs = {k: v for k, v in model_kwargs.items() if k not in ("ignore_mismatched_sizes", "use_safetensors")}
+    hf_model = model_cls.from_config(config, **kwargs).float()
+    hf_model.generation_config = type(hf_model.generation_config).from_model_config(config)
+    return HFObjects(config.model_type, hf_model.config, hf_tokenizer, hf_model)
 
 
 def _check_finite(hf_model: torch.nn.Module, name: str) -> None:

@@ -186,6 +186,17 @@ def _number_documents(inputs: list) -> None:
         offset += int(ids.max()) + 1 if len(ids) else 0
 
 
+@patch
+def generate(self: Learner, inputs, **settings):
+    """Generated text for `inputs` (a prompt or a list of them), as the task's pipeline answers, e.g.
+    `learn.generate("Once upon a time", max_new_tokens=50, do_sample=False)` for causal LM (see the task's
+    generate function for its settings). For tasks that generate text (`HFTask.generate`)."""
+    task = task_for(self.dls)
+    if task.generate is None:
+        raise TypeError(f"generate is for tasks that generate text (causal LM, ...); this learner is for {task.name}")
+    return task.generate(self, inputs, **settings)
+
+
 @patch(as_prop=True)
 def hf_outputs(self: Learner):
     "The Hugging Face `ModelOutput` of the last batch (None before any batch)."

@@ -36,6 +36,29 @@ def tiny_bert_dir(tmp_path_factory):
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
+def save_tiny_gpt2(path, seed: int = 0, n_positions: int = 64):
+    """Write a tiny GPT-2 causal LM and its byte-level BPE tokenizer (trained here; no pad token, as GPT-2's) to
+    `path`."""
+    import transformers as tf
+    from arch_zoo import byte_bpe
+
+    torch.manual_seed(seed)
+    vocab, merges = byte_bpe(("<|endoftext|>",))
+    tokenizer = tf.GPT2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.save_pretrained(path)
+    eos = tokenizer.eos_token_id
+    config = tf.GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
+                           bos_token_id=eos, eos_token_id=eos)
+    tf.GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    "A local checkpoint directory: a tiny GPT-2 causal LM (64 positions) and its tokenizer (no pad token)."
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
 def child_process_env() -> dict:
     """The environment of a blurlite process a test starts (torchrun, the command line): no distributed settings
     inherited, one thread a process, offline, this checkout importable."""
@@ -178,6 +201,10 @@ TASK_EXAMPLES = {
                                              "the movie was good and the actor fine", "--question", "what was bad",
                                              "--context", "a boring plot"],
                                pipeline_kwargs={}),
+    # causal LM needs a decoder: the tiny GPT-2 (`checkpoint` names the fixture); prompts are continued greedily
+    "causal-lm": dict(frame=lambda n: make_reviews(n)[["text", "is_valid"]], checkpoint="tiny_gpt2_dir",
+                      texts=["the movie was", "a good film and"],
+                      pipeline_kwargs={"max_new_tokens": 50, "do_sample": False}),
 }
 
 
@@ -185,3 +212,8 @@ def task_example(task) -> dict:
     "The contract tests' example for `task` (an `HFTask`); a clear failure for a task registered without one."
     assert task.name in TASK_EXAMPLES, f"task {task.name!r} has no example: add one to TASK_EXAMPLES in conftest.py"
     return TASK_EXAMPLES[task.name]
+
+
+def task_checkpoint(request, task) -> str:
+    "The checkpoint directory the contract tests build `task`'s learners from: its example's, else the tiny BERT."
+    return request.getfixturevalue(task_example(task).get("checkpoint", "tiny_bert_dir"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TASK_EXAMPLES, VOCAB, child_process_env, save_tiny_bert, task_example, tiny_bert_config
+from conftest import TASK_EXAMPLES, VOCAB, task_checkpoint, child_process_env, save_tiny_bert, task_example, tiny_bert_config
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.learner import load_learner
 from fastai.torch_core import set_seed
@@ -39,11 +39,11 @@ def tiny_mlm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=TASKS, ids=[t.name for t in TASKS])
-def trained(request, tiny_bert_dir, tiny_mlm_dir):
+def trained(request, tiny_mlm_dir):
     "An adapter learner of each task (LoRA r=4), trained one epoch; the base weights from before training."
     task = request.param
     set_seed(0)
-    base = tiny_mlm_dir if task.peft_task_type is None else tiny_bert_dir  # masked LM: a checkpoint with its head
+    base = tiny_mlm_dir if task.peft_task_type is None else task_checkpoint(request, task)  # MLM: one with its head
     learn = hf_learner(adapter_dls(task, base), peft_config=LoraConfig(r=4, lora_alpha=8))
     before = base_weights(learn)
     adapters = {n: p.detach().clone() for n, p in learn.model.named_parameters() if p.requires_grad}
@@ -59,14 +59,16 @@ def test_training_changes_adapters_and_head_only(trained):
     changed = {n for n, w in adapters.items() if not torch.equal(after[n], w)}
     assert any("lora_B" in n for n in changed)  # LoRA's B starts at zero: trained, it is not
     heads = {n for n in adapters if "modules_to_save" in n}
-    assert bool(heads) == (task.peft_task_type is not None) and heads <= changed  # MLM: adapters only
+    assert bool(heads) == (task.peft_task_type is not None and task.adapter_head) and heads <= changed  # LMs: adapters only
 
 
 def test_the_task_type_is_filled_in_and_the_head_is_saved(trained):
     task, learn, _, _ = trained
     config = learn.model.hf_model.peft_config["default"]
     assert getattr(config.task_type, "value", config.task_type) == task.peft_task_type
-    if task.peft_task_type is not None:  # the head: the classifier, and BERT's pooler where the model has one
+    if not task.adapter_head:  # causal LM: the output layer is tied to the input embeddings, not saved apart
+        assert not config.modules_to_save
+    elif task.peft_task_type is not None:  # the head: the classifier, and BERT's pooler where the model has one
         pooler = ["bert.pooler"] if task.peft_task_type == "SEQ_CLS" else []
         head = "qa_outputs" if task.peft_task_type == "QUESTION_ANS" else "classifier"
         assert {head, *pooler} <= set(config.modules_to_save)
@@ -89,7 +91,8 @@ def test_freeze_trains_the_head_unfreeze_the_adapters_never_the_base(trained):
     assert not any(id(named[n]) in optimised for n in before)  # base weights are not given to the optimizer
     learn.freeze()
     trainable = [n for n, p in named.items() if p.requires_grad]
-    assert trainable and all(("modules_to_save" in n) or task.peft_task_type is None for n in trainable)
+    assert trainable and all(("modules_to_save" in n) or task.peft_task_type is None or not task.adapter_head
+                             for n in trainable)
     learn.unfreeze()
     assert not any(named[n].requires_grad for n in before)
     assert any("lora_A" in n for n, p in named.items() if p.requires_grad)
@@ -135,11 +138,12 @@ def _flat(results):
 
 
 def _labels(results):
-    return [r.get("label", r.get("entity_group", r.get("token_str", r.get("answer")))) for r in _flat(results)]
+    return [r.get("label", r.get("entity_group", r.get("token_str", r.get("answer", r.get("generated_text")))))
+            for r in _flat(results)]
 
 
 def _scores(results):
-    return [float(r["score"]) for r in _flat(results)]
+    return [float(r["score"]) for r in _flat(results) if "score" in r]  # generated text has none
 
 
 def test_export_and_load_learner_keep_the_adapters(trained, tmp_path):

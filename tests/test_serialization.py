@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_reviews, ner_frame, task_example
+from conftest import make_reviews, ner_frame, task_checkpoint, task_example
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.learner import load_learner
 from fastai.torch_core import set_seed
@@ -85,8 +85,8 @@ def task_of(kind):
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def saved(request, tiny_bert_dir, tmp_path_factory):
-    learn = build(request.param, tiny_bert_dir)
+def saved(request, tmp_path_factory):
+    learn = build(request.param, task_checkpoint(request, task_of(request.param)))
     path = learn.save_pretrained(tmp_path_factory.mktemp(request.param) / "artifact")
     return request.param, learn, path
 

@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from conftest import task_example
+from conftest import task_checkpoint, task_example
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
 from fastai.learner import load_learner
 from fastai.torch_core import set_seed
@@ -16,10 +16,10 @@ TASKS = registered_tasks()
 
 
 @pytest.fixture(scope="module", params=TASKS, ids=[t.name for t in TASKS])
-def trained(request, tiny_bert_dir):
+def trained(request):
     "A learner of each registered task, built by the task's own `from_df` on its example and trained one epoch."
     task = request.param
-    dls = task.from_df(task_example(task)["frame"](64), tiny_bert_dir, valid_col="is_valid", bs=8, max_length=24,
+    dls = task.from_df(task_example(task)["frame"](64), task_checkpoint(request, task), valid_col="is_valid", bs=8, max_length=24,
                        seed=0)
     set_seed(0)
     learn = hf_learner(dls)
@@ -68,13 +68,13 @@ def test_export_and_load_learner_give_the_same_answers(trained, tmp_path):
     assert json.dumps(task.predict_json(loaded, texts)) == json.dumps(task.predict_json(learn, texts))
 
 
-def test_the_command_line_trains_and_predicts_every_task(trained, tiny_bert_dir, tmp_path, capsys):
+def test_the_command_line_trains_and_predicts_every_task(trained, request, tmp_path, capsys):
     task, _ = trained
     example = task_example(task)
     data = tmp_path / "train.jsonl"
     example["frame"](64).to_json(data, orient="records", lines=True)
     out = tmp_path / "model"
-    code = cli.main(["train", "--task", task.name, "--data", str(data), "--model", str(tiny_bert_dir),
+    code = cli.main(["train", "--task", task.name, "--data", str(data), "--model", str(task_checkpoint(request, task)),
                      "--valid-col", "is_valid", "--epochs", "1", "--bs", "8", "--max-length", "24", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "blurlite.json").read_text())["task"] == task.name

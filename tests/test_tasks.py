@@ -44,9 +44,9 @@ def registry(monkeypatch):
 
 def test_the_built_in_tasks_are_registered():
     assert [t.name for t in registered_tasks()] == ["text-classification", "token-classification", "fill-mask",
-                                                    "text-regression", "question-answering"]
+                                                    "text-regression", "question-answering", "causal-lm"]
     assert get_task("regression") is get_task("text-regression") and get_task("ner").name == "token-classification"
-    assert get_task("qa").name == "question-answering"
+    assert get_task("qa").name == "question-answering" and get_task("clm").name == "causal-lm"
 
 
 @pytest.mark.parametrize("field, value, message", [

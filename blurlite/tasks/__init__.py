@@ -29,6 +29,7 @@ _BUILTIN_TASKS = {
     "blurlite.tasks.masked_lm": ("fill-mask", ("masked-lm", "mlm"), ("text", None)),
     "blurlite.tasks.regression": ("text-regression", ("regression",), ("text", "label")),
     "blurlite.tasks.question_answering": ("question-answering", ("qa",), ("question", "answers")),
+    "blurlite.tasks.causal_lm": ("causal-lm", ("clm",), ("text", None)),
 }
 
 
@@ -110,6 +111,11 @@ class HFTask:
     predict_options: Mapping = field(default_factory=lambda: MappingProxyType({}))
     # (texts, {flag: [values]}, file or None) -> the inputs `predict_json` answers, from the command line
     predict_inputs: Callable = texts_and_lines
+    # with `peft_config`: whether the task's head trains with the adapters and is saved with them (False: adapters
+    # only, e.g. a language-model output layer tied to the input embeddings)
+    adapter_head: bool = True
+    # (learn, inputs, **settings) -> generated texts, as the task's pipeline answers: `learn.generate(...)`
+    generate: Callable | None = None
 
     def __post_init__(self):
         # accept the obvious spellings (a set of keys, a dict, a list of aliases) and store them frozen
@@ -127,7 +133,7 @@ class HFTask:
         return self.name + (f" ({', '.join(self.aliases)})" if self.aliases else "")
 
 
-_OPTIONAL = {"pipeline", "accepts", "predict_result", "peft_task_type"}
+_OPTIONAL = {"pipeline", "accepts", "predict_result", "peft_task_type", "generate"}
 
 
 def _check_field(task: HFTask, name: str, hint) -> str | None:
@@ -160,6 +166,8 @@ def _check_field(task: HFTask, name: str, hint) -> str | None:
         ok = isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith("--") and isinstance(v, str)
                                                  for k, v in value.items())
         return None if ok else "must map command-line flags ('--name') to their help (str)"
+    if name == "adapter_head":
+        return None if isinstance(value, bool) else f"must be a bool, got {type(value).__name__}"
     if name == "readers":
         ok = isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith(".") and callable(v)
                                                  for k, v in value.items())

@@ -312,8 +312,12 @@ class MaskedLMMetric(Metric):
         self.total, self.count = 0.0, 0
 
     def accumulate(self, learn):
-        targ = learn.yb[0].reshape(-1)
-        pred = learn.pred.reshape(targ.shape[0], -1) if learn.pred.ndim > 2 else learn.pred  # (tokens, vocab)
+        self.add(learn.pred, learn.yb[0])
+
+    def add(self, pred, targ):
+        "Add the loss (or hits) and count of the positions of `targ` (token ids, -100: none) to predict from `pred`."
+        targ = targ.reshape(-1)
+        pred = pred.reshape(targ.shape[0], -1) if pred.ndim > 2 else pred  # (tokens, vocab)
         keep = targ != IGNORE_INDEX
         pred, targ = pred[keep].float(), targ[keep].as_subclass(torch.Tensor)
         if self.score == "perplexity":
