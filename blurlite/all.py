@@ -66,3 +66,12 @@ __all__ += ["HFQABlock", "HFQADataLoaders", "HFQAInput", "HFQATokenize", "QALoss
             "search_answers", "squad_answer_scores", "squad_exact_match", "squad_f1", "squad_to_df", "check_qa_frame",
             "parse_answers",
             "AutoModelForQuestionAnswering"]
+from .tasks.causal_lm import (CausalLMLossFlat, CausalLMMetric, CausalLMTargets, HFCausalLMBlock,
+                              HFCausalLMDataLoaders, HFCausalLMInput, HFTokenizeCLM, causal_perplexity,
+                              generate_text, next_token_accuracy, pack_texts, read_texts, set_pad_token,
+                              tokenize_texts)
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+__all__ += ["CausalLMLossFlat", "CausalLMMetric", "CausalLMTargets", "HFCausalLMBlock", "HFCausalLMDataLoaders",
+            "HFCausalLMInput", "HFTokenizeCLM", "causal_perplexity", "generate_text", "next_token_accuracy",
+            "pack_texts", "read_texts", "set_pad_token", "tokenize_texts", "AutoModelForCausalLM"]

@@ -249,6 +249,16 @@ def _window_options(args, task) -> dict:
     return {"long_texts": args.long_texts, **({"stride": args.stride} if args.stride is not None else {})}
 
 
+def _block_options(args, task) -> dict:
+    "`--block-size` as a `from_df` option, for a task whose `from_df` takes it (causal LM's packed blocks)."
+    if args.block_size is None:
+        return {}
+    if "block_size" not in inspect.signature(task.from_df).parameters:
+        raise CommandError(f"--block-size: task {task.name!r} packs no blocks (its from_df takes no block_size); "
+                           "use --max-length")
+    return {"block_size": args.block_size}
+
+
 def train(args) -> None:
     _check_train_args(args)  # before the heavy imports below: a bad argument is reported at once
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
@@ -268,7 +278,8 @@ def train(args) -> None:
     kwargs = dict(text_col=args.text_col or text_col, label_col=args.label_col or label_col,
                   valid_col=args.valid_col, valid_pct=args.valid_pct, bs=args.bs, max_length=args.max_length,
                   seed=args.seed)
-    kwargs = {**{k: v for k, v in kwargs.items() if v is not None}, **options, **_window_options(args, task)}
+    kwargs = {**{k: v for k, v in kwargs.items() if v is not None}, **options, **_window_options(args, task),
+              **_block_options(args, task)}
     dls = task.from_df(df, args.model or _default_model(), **kwargs)
     learn = hf_learner(dls, peft_config=_lora_config(args, dls.hf_model))
     processes = _world_size()
@@ -395,6 +406,9 @@ def _parser(with_tasks: bool = False, task_options: bool = False) -> argparse.Ar
                         "scored per text")
     t.add_argument("--stride", type=int, metavar="N",
                    help="with --long-texts windows: tokens neighbouring windows share (default max-length // 4)")
+    t.add_argument("--block-size", type=int, metavar="N",
+                   help="causal LM: tokens per block; texts are packed into blocks of N tokens (default: "
+                        "--max-length, else 128)")
     t.add_argument("--num-processes", type=int, metavar="N",
                    help="train on N processes of this machine, data parallel: each step, each process takes "
                         "its own batch of --bs items (N x bs in all). blurlite starts them with torch's launcher "

@@ -226,8 +226,8 @@ class HFCausalLMDataLoaders(DataLoaders):
         hf_objects = hf_objects_or_checkpoint
         if not isinstance(hf_objects, tuple):
             hf_objects = get_hf_objects(hf_objects, model_cls=AutoModelForCausalLM)
-        check_block_size(block_size, hf_objects[1])
         set_pad_token(hf_objects[2])
+        check_block_size(block_size, hf_objects[1])
         train, valid = split_rows(df, valid_col, valid_pct, seed)
         texts = df[text_col].tolist()
         if packing:
