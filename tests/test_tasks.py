@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import blurlite.cli as cli_module
-from conftest import changed_attributes, fastai_class_attributes, make_reviews, task_example, tiny_dls
+from conftest import changed_attributes, fastai_class_attributes, make_reviews, task_example, tiny_dls, task_checkpoint
 from fastai.data.block import DataBlock, RegressionBlock, TransformBlock
 from fastai.data.transforms import ColReader, ColSplitter
 
@@ -166,7 +166,7 @@ def test_the_rank_helpers_import_nothing_of_blurlite():
     assert _imports(PACKAGE / "ranks.py", "blurlite") == set()
 
 
-def test_fastai_classes_are_unchanged_by_blurlite_learners(tiny_bert_dir, monkeypatch, tmp_path):
+def test_fastai_classes_are_unchanged_by_blurlite_learners(request, monkeypatch, tmp_path):
     "Creating, training, exporting and loading blurlite learners of every task, in one process and with WORLD_SIZE=2."
     from fastai.learner import load_learner
 
@@ -174,7 +174,8 @@ def test_fastai_classes_are_unchanged_by_blurlite_learners(tiny_bert_dir, monkey
     for world_size in ("1", "2"):
         monkeypatch.setenv("WORLD_SIZE", world_size)
         for task in registered_tasks():
-            dls = task.from_df(task_example(task)["frame"](24), tiny_bert_dir, valid_col="is_valid", bs=4)
+            dls = task.from_df(task_example(task)["frame"](24), task_checkpoint(request, task), valid_col="is_valid",
+                               bs=4)
             learn = hf_learner(dls)
             if world_size == "1":
                 with learn.no_bar(), learn.no_logging():

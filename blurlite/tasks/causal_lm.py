@@ -35,9 +35,10 @@ from .masked_lm import MaskedLMLossFlat, MaskedLMMetric
 
 __all__ = ["HFCausalLMInput", "HFTokenizeCLM", "CausalLMTargets", "HFCausalLMBlock", "HFCausalLMDataLoaders",
            "CausalLMLossFlat", "CausalLMMetric", "causal_perplexity", "next_token_accuracy", "pack_texts",
-           "tokenize_texts", "read_texts", "set_pad_token", "generate_text"]
+           "lm_token_ids", "read_texts", "set_pad_token", "generate_text"]
 
 TASK_NAME = "causal-lm"
+DEFAULT_BLOCK_SIZE = 128
 TEXT_SPLITS = ("auto", "paragraphs", "lines")  # how `read_texts` cuts a text file into texts
 
 
@@ -55,7 +56,7 @@ def set_pad_token(hf_tokenizer) -> None:
         hf_tokenizer.pad_token = hf_tokenizer.eos_token
 
 
-def tokenize_texts(texts, hf_tokenizer) -> list[list[int]]:
+def lm_token_ids(texts, hf_tokenizer) -> list[list[int]]:
     """Each text's token ids (with the tokenizer's own special tokens, e.g. Llama's `<s>`), followed by the
     end-of-text token, in one batched tokenizer call."""
     eos = hf_tokenizer.eos_token_id
@@ -74,7 +75,7 @@ def pack_texts(texts, hf_tokenizer, block_size: int) -> list[list[int]]:
     Example: `blocks = pack_texts(df.text, hf_tokenizer, 128)`"""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
         raise ValueError(f"block_size must be an int of at least 2 (a token and the next one), got {block_size!r}")
-    rows = tokenize_texts(texts, hf_tokenizer)
+    rows = lm_token_ids(texts, hf_tokenizer)
     if not rows:
         return []
     flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
@@ -132,7 +133,7 @@ class HFTokenizeCLM(HFTokenize):
 
     def tokenize(self, keys: list) -> list[HFCausalLMInput]:
         texts = [k for k in keys if isinstance(k, str)]
-        tokenized = iter(tokenize_texts(texts, self.hf_tokenizer))
+        tokenized = iter(lm_token_ids(texts, self.hf_tokenizer))
         out = []
         for k in keys:
             ids = list(k) if isinstance(k, tuple) else next(tokenized)[:self.max_length or None]
@@ -204,14 +205,14 @@ class HFCausalLMDataLoaders(DataLoaders):
     "Factory for causal-LM `DataLoaders` from a DataFrame of texts, a list of texts or a text file."
 
     @classmethod
-    def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, text_col="text", block_size: int = 128,
+    def from_df(cls, df: pd.DataFrame, hf_objects_or_checkpoint, text_col="text", block_size: int | None = None,
                 valid_col=None, valid_pct: float = 0.1, bs: int = 16, packing: bool = True, seed: int | None = None,
                 padding=True, **kwargs) -> DataLoaders:
         """`DataLoaders` for causal LM on the texts in `df[text_col]`, checked up front.
 
         Rows are split into training and validation texts first; each split's texts, each followed by the
         end-of-text token, are packed into `block_size`-token blocks (`pack_texts`: no token dropped, the last block
-        shorter). `packing=False` keeps one text per row (truncated to `block_size`, with a warning), padded.
+        shorter); `block_size` defaults to 128, or the model's positions if fewer. `packing=False` keeps one text per row (truncated to `block_size`, with a warning), padded.
         `hf_objects_or_checkpoint`: what `get_hf_objects` returns, or a checkpoint directory loaded with
         `AutoModelForCausalLM` (the model is then `dls.hf_model`).
         Example: `dls = HFCausalLMDataLoaders.from_df(df, hf_objects, block_size=128, bs=16)`
@@ -227,6 +228,8 @@ class HFCausalLMDataLoaders(DataLoaders):
         if not isinstance(hf_objects, tuple):
             hf_objects = get_hf_objects(hf_objects, model_cls=AutoModelForCausalLM)
         set_pad_token(hf_objects[2])
+        if block_size is None:
+            block_size = min(DEFAULT_BLOCK_SIZE, _position_limit(hf_objects[1]) or DEFAULT_BLOCK_SIZE)
         check_block_size(block_size, hf_objects[1])
         train, valid = split_rows(df, valid_col, valid_pct, seed)
         texts = df[text_col].tolist()
@@ -234,7 +237,7 @@ class HFCausalLMDataLoaders(DataLoaders):
             parts = [pack_texts([texts[i] for i in rows], hf_objects[2], block_size) for rows in (train, valid)]
             items, valid = parts[0] + parts[1], list(range(len(parts[0]), len(parts[0]) + len(parts[1])))
         else:
-            lengths = [len(r) for r in tokenize_texts(texts, hf_objects[2])]
+            lengths = [len(r) for r in lm_token_ids(texts, hf_objects[2])]
             longer = [df.index[i] for i, n in enumerate(lengths) if n > block_size]
             if longer:
                 warnings.warn(f"packing=False: {len(longer)} texts (row {longer[0]!r} first) are longer than "
@@ -391,8 +394,8 @@ def _read_text_file(path) -> tuple[pd.DataFrame, dict]:
 
 def _from_df(df, model, text_col="text", label_col=None, valid_col=None, valid_pct=0.1, bs=16, max_length=None,
              seed=None, block_size=None):
-    "The command line's `from_df`: `--block-size` (else `--max-length`, else 128) tokens per block."
-    block_size = block_size or max_length or 128
+    "The command line's `from_df`: `--block-size` (else `--max-length`, else `from_df`'s default) tokens per block."
+    block_size = block_size or max_length
     return HFCausalLMDataLoaders.from_df(df, model, text_col=text_col or "text", block_size=block_size,
                                          valid_col=valid_col, valid_pct=valid_pct, bs=bs, seed=seed)
 
