@@ -69,9 +69,9 @@ __all__ += ["HFQABlock", "HFQADataLoaders", "HFQAInput", "HFQATokenize", "QALoss
 from .tasks.causal_lm import (CausalLMLossFlat, CausalLMMetric, CausalLMTargets, HFCausalLMBlock,
                               HFCausalLMDataLoaders, HFCausalLMInput, HFTokenizeCLM, causal_perplexity,
                               generate_text, next_token_accuracy, pack_texts, read_texts, set_pad_token,
-                              lm_token_ids)
+                              lm_token_ids, train_bpe_tokenizer)
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 __all__ += ["CausalLMLossFlat", "CausalLMMetric", "CausalLMTargets", "HFCausalLMBlock", "HFCausalLMDataLoaders",
             "HFCausalLMInput", "HFTokenizeCLM", "causal_perplexity", "generate_text", "next_token_accuracy",
-            "pack_texts", "read_texts", "set_pad_token", "lm_token_ids", "AutoModelForCausalLM"]
+            "pack_texts", "read_texts", "set_pad_token", "lm_token_ids", "train_bpe_tokenizer", "AutoModelForCausalLM"]

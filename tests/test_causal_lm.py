@@ -189,6 +189,19 @@ def test_read_texts_cuts_paragraphs_or_lines(tmp_path):
     assert read_texts(f) == (["one", "two"], "lines")  # trailing blank lines separate nothing
 
 
+def test_from_texts_reads_a_list_or_a_file(tiny_gpt2_dir, tmp_path):
+    texts = list(make_reviews(40).text)
+    f = tmp_path / "corpus.txt"
+    f.write_text("\n".join(texts))  # no blank line: one text per line
+    kwargs = dict(block_size=16, bs=4, seed=0)
+    from_file = HFCausalLMDataLoaders.from_texts(f, tiny_gpt2_dir, **kwargs)
+    from_list = HFCausalLMDataLoaders.from_texts(texts, tiny_gpt2_dir, **kwargs)
+    blocks = [[ds[i][0]["input_ids"].tolist() for i in range(len(ds))] for ds in (from_file.train_ds, from_list.train_ds)]
+    assert blocks[0] == blocks[1] and len(blocks[0]) > 4
+    with pytest.raises(FileNotFoundError, match="no text file"):
+        HFCausalLMDataLoaders.from_texts(tmp_path / "missing.txt", tiny_gpt2_dir)
+
+
 def test_the_command_line_trains_on_a_text_file_and_predicts_with_max_new_tokens(tiny_gpt2_dir, tmp_path, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text("\n\n".join(make_reviews(60).text))

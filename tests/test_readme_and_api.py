@@ -30,7 +30,7 @@ def test_readme_first_command_installs_and_runs_the_demo():
 
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in ("wnut17_train.conll", "tinyshakespeare.txt"):  # what the NER and MLM examples read
+    for name in ("wnut17_train.conll", "tinyshakespeare.txt"):  # what the NER, MLM and causal-LM examples read
         shutil.copy(ROOT.parent / "shared" / "data" / name, tmp_path)
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
@@ -42,6 +42,8 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
     assert (tmp_path / "classifier.pkl").exists()
     assert [r["token_str"] for r in namespace["learn"].fill_mask("the [MASK] of it", top_k=3)]  # MLM example ran
     assert (tmp_path / "mlm-model" / "model.safetensors").exists()
+    generated = namespace["clm_learn"].generate("ROMEO:", max_new_tokens=5)  # the causal-LM example ran
+    assert generated[0]["generated_text"].startswith("ROMEO:")
 
 
 def test_readme_adding_a_task_runs_a_task_defined_outside_the_package(tmp_path):

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import ColReader, IndexSplitter
 from fastai.text.core import TitledStr
 from fastai.torch_core import display_df
+from fastcore.foundation import L
 from fasttransform import ItemTransform
 from plum import dispatch
 from transformers import AutoModelForCausalLM, TextGenerationPipeline
@@ -35,7 +37,7 @@ from .masked_lm import MaskedLMLossFlat, MaskedLMMetric
 
 __all__ = ["HFCausalLMInput", "HFTokenizeCLM", "CausalLMTargets", "HFCausalLMBlock", "HFCausalLMDataLoaders",
            "CausalLMLossFlat", "CausalLMMetric", "causal_perplexity", "next_token_accuracy", "pack_texts",
-           "lm_token_ids", "read_texts", "set_pad_token", "generate_text"]
+           "lm_token_ids", "read_texts", "set_pad_token", "generate_text", "train_bpe_tokenizer"]
 
 TASK_NAME = "causal-lm"
 DEFAULT_BLOCK_SIZE = 128
@@ -75,11 +77,16 @@ def pack_texts(texts, hf_tokenizer, block_size: int) -> list[list[int]]:
     Example: `blocks = pack_texts(df.text, hf_tokenizer, 128)`"""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
         raise ValueError(f"block_size must be an int of at least 2 (a token and the next one), got {block_size!r}")
+    return [b.tolist() for b in _pack(texts, hf_tokenizer, block_size)]
+
+
+def _pack(texts, hf_tokenizer, block_size: int) -> list[np.ndarray]:
+    "`pack_texts`' blocks as int32 arrays (a tenth of the memory of lists of Python ints)."
     rows = lm_token_ids(texts, hf_tokenizer)
     if not rows:
         return []
-    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
-    return [flat[i:i + block_size].tolist() for i in range(0, len(flat), block_size)]
+    flat = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows])
+    return [flat[i:i + block_size] for i in range(0, len(flat), block_size)]
 
 
 def read_texts(path, split: str = "auto") -> tuple[list[str], str]:
@@ -105,6 +112,24 @@ def read_texts(path, split: str = "auto") -> tuple[list[str], str]:
     return paragraphs, split
 
 
+def train_bpe_tokenizer(texts, vocab_size: int = 4096, eos_token: str = "<|endoftext|>", min_frequency: int = 2):
+    """A GPT-2-style byte-level BPE tokenizer trained on `texts` here, offline (the `tokenizers` library), for a model
+    trained from scratch: `eos_token` is its only special token (end of text, also its bos and unk); it has no pad
+    token (`set_pad_token` gives it the eos). A `PreTrainedTokenizerFast`: save it with `save_pretrained(dir)`.
+    Example: `train_bpe_tokenizer(df.text, vocab_size=2048).save_pretrained("tok")`, then
+    `get_hf_objects("tok", model_cls=AutoModelForCausalLM, config=GPT2Config(...), pretrained=False)`"""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[eos_token],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos_token, eos_token=eos_token, unk_token=eos_token)
+
+
 def _is_ids(x) -> bool:
     "Whether `x` is a block of token ids (a list, tuple, array or 1-D tensor of ints), not a text."
     if isinstance(x, torch.Tensor):
@@ -120,24 +145,39 @@ class HFTokenizeCLM(HFTokenize):
     input_type = HFCausalLMInput
 
     def key(self, x, where=lambda: "input", labelled=False):
-        if _is_ids(x):
-            ids = tuple(int(i) for i in (x.tolist() if hasattr(x, "tolist") else x))
+        if _is_ids(x):  # a block of ids: its key is their int32 bytes (compact, hashable)
+            ids = np.asarray(x.tolist() if isinstance(x, torch.Tensor) else x, dtype=np.int32)
             if self.max_length and len(ids) > self.max_length:
                 raise ValueError(f"{where()}: a block of {len(ids)} token ids is longer than max_length="
                                  f"{self.max_length}: cut blocks of at most that size (pack_texts)")
-            return ids
+            return ids.tobytes()
         if not isinstance(x, str):
             key = super().key(x, where, labelled)  # names missing and non-str texts
             raise TypeError(f"{where()}: causal LM takes one text (or a block of token ids) per item, got {key!r}")
         return x
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.input_types = (str, list, tuple, L, np.ndarray, torch.Tensor)  # texts and blocks of ids
+
+    def setups(self, items):
+        super().setups(items)
+        self.pairs = False  # never text pairs (the keys of blocks of ids are bytes)
+
+    def encodes(self, x: str | list | tuple | L | np.ndarray | torch.Tensor) -> HFCausalLMInput:
+        key = self.key(x)
+        cached = self._cache.get(key)
+        return type(cached)(cached) if cached is not None else self.tokenize([key])[0]
 
     def tokenize(self, keys: list) -> list[HFCausalLMInput]:
         texts = [k for k in keys if isinstance(k, str)]
         tokenized = iter(lm_token_ids(texts, self.hf_tokenizer))
         out = []
         for k in keys:
-            ids = list(k) if isinstance(k, tuple) else next(tokenized)[:self.max_length or None]
-            ids = torch.tensor(ids, dtype=torch.long)
+            if isinstance(k, bytes):
+                ids = torch.from_numpy(np.frombuffer(k, dtype=np.int32).astype(np.int64))
+            else:
+                ids = torch.tensor(next(tokenized)[:self.max_length or None], dtype=torch.long)
             out.append(HFCausalLMInput({"input_ids": ids, "attention_mask": torch.ones_like(ids)}))
         return out
 
@@ -234,7 +274,7 @@ class HFCausalLMDataLoaders(DataLoaders):
         train, valid = split_rows(df, valid_col, valid_pct, seed)
         texts = df[text_col].tolist()
         if packing:
-            parts = [pack_texts([texts[i] for i in rows], hf_objects[2], block_size) for rows in (train, valid)]
+            parts = [_pack([texts[i] for i in rows], hf_objects[2], block_size) for rows in (train, valid)]
             items, valid = parts[0] + parts[1], list(range(len(parts[0]), len(parts[0]) + len(parts[1])))
         else:
             lengths = [len(r) for r in lm_token_ids(texts, hf_objects[2])]
@@ -263,12 +303,18 @@ class HFCausalLMDataLoaders(DataLoaders):
 
 
 # loss and metrics: token i's logits predict token i + 1
+def next_token_targets(targ: torch.Tensor) -> torch.Tensor:
+    """The target of each position: the next token (-100 after the last), as transformers' causal-LM loss shifts
+    labels; shifting the targets, not the logits, spares a copy of the logits."""
+    return F.pad(targ[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 class CausalLMLossFlat(MaskedLMLossFlat):
     """The mean cross-entropy of each position's logits against the next token (targets -100 left out): the
     model's own loss with `labels`; decodes to the predicted next token at every position."""
 
     def __call__(self, inp, targ, **kwargs):
-        return super().__call__(inp[:, :-1].float(), targ[:, 1:], **kwargs)
+        return super().__call__(inp, next_token_targets(targ), **kwargs)
 
 
 class CausalLMMetric(MaskedLMMetric):
@@ -276,7 +322,7 @@ class CausalLMMetric(MaskedLMMetric):
     or next-token accuracy."""
 
     def accumulate(self, learn):
-        self.add(learn.pred[:, :-1], learn.yb[0][:, 1:])
+        self.add(learn.pred, next_token_targets(learn.yb[0]))
 
     @property
     def name(self):
