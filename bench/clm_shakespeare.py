@@ -40,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--skip-trainer", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3, help="runs of each, seeds 0.. (the data order and dropout "
+                                                             "differ; the initial weights are the same)")
     args = parser.parse_args(argv)
     args.fraction = 0.15 if args.quick else 1.0
     if args.threads:
@@ -79,18 +81,21 @@ def blurlite_run(df, objects, args):
 
     from blurlite.all import HFCausalLMDataLoaders, hf_learner
 
+    import train_speed
+
     set_seed(args.seed)
     dls = HFCausalLMDataLoaders.from_df(df, objects, block_size=args.block_size, valid_col="is_valid", bs=args.bs)
     learn = hf_learner(dls)
+    meter = train_speed.TrainMeter()  # the training phases only (the Trainer validates nothing while it trains)
     with learn.no_bar(), learn.no_logging():
         start_ppl = learn.validate()[1]
         start = time.perf_counter()
-        learn.fit_one_cycle(args.epochs, args.lr)
+        learn.fit_one_cycle(args.epochs, args.lr, cbs=[meter])
         fit_s = time.perf_counter() - start
         loss, ppl, acc = learn.validate()
-    tokens = sum(int(dls.train_ds[i][0]["attention_mask"].sum()) for i in range(len(dls.train_ds))) * args.epochs
-    return dict(run="blurlite", blocks=len(dls.train_ds), fit_s=fit_s, tok_s=tokens / fit_s, valid_loss=loss,
-                perplexity=ppl, accuracy=acc, start_perplexity=start_ppl), learn
+    return dict(run="blurlite", blocks=len(dls.train_ds), fit_s=fit_s, train_s=meter.seconds,
+                tok_s=sum(meter.lengths) / meter.seconds, valid_loss=loss, perplexity=ppl, accuracy=acc,
+                start_perplexity=start_ppl), learn
 
 
 def trainer_run(learn, init, args) -> dict:
@@ -118,9 +123,9 @@ def trainer_run(learn, init, args) -> dict:
     scorer = hf_learner(learn.dls, model)
     with scorer.no_bar(), scorer.no_logging():
         loss, ppl, acc = scorer.validate()
-    tokens = len(items) * args.block_size * args.epochs
-    return dict(run="HF Trainer", blocks=len(items), fit_s=fit_s, tok_s=tokens / fit_s, valid_loss=loss,
-                perplexity=ppl, accuracy=acc)
+    tokens = len(items) * args.block_size * args.epochs  # every block: the Trainer keeps the last, partial batch
+    return dict(run="HF Trainer", blocks=len(items), fit_s=fit_s, train_s=epoch["seconds"],
+                tok_s=tokens / epoch["seconds"], valid_loss=loss, perplexity=ppl, accuracy=acc)
 
 
 def generation_run(learn, tmp: Path) -> dict:
@@ -156,20 +161,33 @@ def main(argv=None):
         print(f"{(~df.is_valid).sum()} training / {df.is_valid.sum()} validation speeches; GPT-2 {n_params / 1e6:.2f}M "
               f"parameters, vocab {args.vocab_size}, blocks of {args.block_size}, bs {args.bs}, lr {args.lr}, "
               f"{args.epochs} epochs, {torch.get_num_threads()} threads", flush=True)
-        ours, learn = blurlite_run(df, objects, args)
-        print(json.dumps(ours), flush=True)
-        rows = [ours]
-        if not args.skip_trainer:
-            rows.append(trainer_run(learn, init, args))
+        rows = []
+        for seed in range(args.seeds):  # alternating, so that a change of machine load falls on both
+            args.seed = seed
+            objects.hf_model.load_state_dict(init)
+            ours, learn = blurlite_run(df, objects, args)
+            rows.append({**ours, "seed": seed})
             print(json.dumps(rows[-1]), flush=True)
-        print("\n| run | training blocks | fit s | tokens/s | valid loss | perplexity | next-token accuracy |\n"
-              "|---|---|---|---|---|---|---|")
+            if not args.skip_trainer:
+                rows.append({**trainer_run(learn, init, args), "seed": seed})
+                print(json.dumps(rows[-1]), flush=True)
+        print("\n| run | seed | training blocks | fit s (training s) | training tokens/s | valid loss | perplexity | "
+              "next-token accuracy |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['run']} | {r['blocks']} | {r['fit_s']:.0f} | {r['tok_s']:.0f} | {r['valid_loss']:.3f} | "
-                  f"{r['perplexity']:.1f} | {r['accuracy']:.3f} |")
+            print(f"| {r['run']} | {r['seed']} | {r['blocks']} | {r['fit_s']:.0f} ({r['train_s']:.0f}) | {r['tok_s']:.0f} | "
+                  f"{r['valid_loss']:.3f} | {r['perplexity']:.1f} | {r['accuracy']:.3f} |")
         print(f"\nperplexity before training: {ours['start_perplexity']:.0f}")
-        if len(rows) == 2:
-            print(f"blurlite / Trainer training tokens/s: {rows[0]['tok_s'] / rows[1]['tok_s']:.2f}x")
+        means = {}
+        for run in ("blurlite", "HF Trainer"):
+            mine = [r for r in rows if r["run"] == run]
+            if mine:
+                means[run] = {k: sum(r[k] for r in mine) / len(mine) for k in ("tok_s", "perplexity", "accuracy")}
+                each = ", ".join(f"{r['perplexity']:.1f}" for r in mine)
+                print(f"{run}, mean of {len(mine)}: perplexity {means[run]['perplexity']:.1f} (runs: {each}), "
+                      "next-token accuracy "
+                      f"{means[run]['accuracy']:.3f}, {means[run]['tok_s']:.0f} tokens/s")
+        if len(means) == 2:
+            print(f"blurlite / Trainer training tokens/s: {means['blurlite']['tok_s'] / means['HF Trainer']['tok_s']:.2f}x")
         print("\n" + json.dumps(generation_run(learn, tmp), indent=1))
 
 

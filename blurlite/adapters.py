@@ -3,7 +3,7 @@
 `hf_learner(dls, peft_config=LoraConfig(...))` wraps the model with `peft.get_peft_model`: the base weights are
 frozen; the adapters and the task's head (the model's modules outside its base model: `classifier`, ...) train and
 are saved. A task says which `peft` task type it is (`HFTask.peft_task_type`); without one (masked LM), or with
-`HFTask.adapter_head=False` (causal LM: its output layer is tied to the input embeddings), only the adapters train. `peft` is optional: it is imported here, when an adapter is asked for.
+`HFTask.adapter_head=False` (e.g. a language-model head tied to the input embeddings), only the adapters train. `peft` is optional: it is imported here, when an adapter is asked for.
 """
 from __future__ import annotations
 

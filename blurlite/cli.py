@@ -250,7 +250,7 @@ def _window_options(args, task) -> dict:
 
 
 def _block_options(args, task) -> dict:
-    "`--block-size` as a `from_df` option, for a task whose `from_df` takes it (causal LM's packed blocks)."
+    "`--block-size` as a `from_df` option, for a task whose `from_df` takes it."
     if args.block_size is None:
         return {}
     if "block_size" not in inspect.signature(task.from_df).parameters:
@@ -407,8 +407,8 @@ def _parser(with_tasks: bool = False, task_options: bool = False) -> argparse.Ar
     t.add_argument("--stride", type=int, metavar="N",
                    help="with --long-texts windows: tokens neighbouring windows share (default max-length // 4)")
     t.add_argument("--block-size", type=int, metavar="N",
-                   help="causal LM: tokens per block; texts are packed into blocks of N tokens (default: "
-                        "--max-length, else 128)")
+                   help="for a task that packs texts into blocks (see --task): tokens per block (default: "
+                        "--max-length, else the task's default)")
     t.add_argument("--num-processes", type=int, metavar="N",
                    help="train on N processes of this machine, data parallel: each step, each process takes "
                         "its own batch of --bs items (N x bs in all). blurlite starts them with torch's launcher "

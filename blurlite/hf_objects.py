@@ -52,7 +52,7 @@ def get_hf_objects(
 
     `pretrained=False` builds a new model (random weights) from `config` (default: the directory's config.json)
     with the directory's tokenizer, to train from scratch: the config's vocabulary must hold the tokenizer's
-    tokens, and its special-token ids (bos, eos, pad) that do not fit the tokenizer are set from it.
+    tokens, and its special-token ids (bos, eos, pad) are the tokenizer's where the tokenizer has them.
     Example: `hf_arch, hf_config, hf_tokenizer, hf_model = get_hf_objects(ckpt_dir, config_kwargs={"num_labels": 3})`;
     `get_hf_objects(tokenizer_dir, model_cls=AutoModelForCausalLM, config=GPT2Config(n_layer=4), pretrained=False)`
     """
@@ -89,10 +89,10 @@ def _new_model(model_cls, config: PretrainedConfig, hf_tokenizer, model_kwargs: 
         raise ValueError(f"the config's vocab_size={vocab_size} is smaller than the tokenizer's {n_tokens} tokens: "
                          f"build the config with vocab_size={n_tokens}")
     config = config.__class__.from_dict(config.to_dict())  # the caller's config is not changed
-    for kind in ("bos", "eos", "pad"):
+    config._name_or_path = ""  # a new model: not the weights of the directory its config may come from
+    for kind in ("bos", "eos", "pad"):  # the tokenizer's own ids (a config's defaults belong to another vocabulary)
         token_id = getattr(hf_tokenizer, f"{kind}_token_id", None)
-        current = getattr(config, f"{kind}_token_id", None)
-        if token_id is not None and (current is None or not isinstance(current, int) or current >= n_tokens):
+        if token_id is not None:
             setattr(config, f"{kind}_token_id", token_id)
     kwargs = {k: v for k, v in model_kwargs.items() if k not in ("ignore_mismatched_sizes", "use_safetensors")}
     hf_model = model_cls.from_config(config, **kwargs).float()

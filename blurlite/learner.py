@@ -189,11 +189,12 @@ def _number_documents(inputs: list) -> None:
 @patch
 def generate(self: Learner, inputs, **settings):
     """Generated text for `inputs` (a prompt or a list of them), as the task's pipeline answers, e.g.
-    `learn.generate("Once upon a time", max_new_tokens=50, do_sample=False)` for causal LM (see the task's
-    generate function for its settings). For tasks that generate text (`HFTask.generate`)."""
+    `learn.generate("Once upon a time", max_new_tokens=50, do_sample=False)`; the settings are those of the task's
+    `HFTask.generate` function. For tasks that generate text."""
     task = task_for(self.dls)
     if task.generate is None:
-        raise TypeError(f"generate is for tasks that generate text (causal LM, ...); this learner is for {task.name}")
+        raise TypeError(f"generate is for tasks that generate text (their HFTask.generate); this learner's task, "
+                        f"{task.name}, does not")
     return task.generate(self, inputs, **settings)
 
 

@@ -238,6 +238,28 @@ def test_bad_input_gets_a_clear_error(tiny_gpt2_dir, frame, kwargs, message):
         HFCausalLMDataLoaders.from_df(frame, tiny_gpt2_dir, **{"block_size": 16, **kwargs})
 
 
+def test_texts_past_block_size_are_truncated_with_a_warning_and_blocks_are_checked(tiny_gpt2_dir):
+    long = pd.DataFrame({"text": ["the movie was good " * 8, "bad", "a film"] * 4})  # 3 distinct texts
+    with pytest.warns(UserWarning, match="1 of 3 texts are longer than max_length=8 tokens"):
+        dls = HFCausalLMDataLoaders.from_df(long, tiny_gpt2_dir, block_size=8, bs=2, packing=False, valid_pct=0)
+    assert max(len(dls.train_ds[i][0]["input_ids"]) for i in range(len(dls.train_ds))) == 8
+    with pytest.raises(TypeError, match="takes block_size"):
+        HFCausalLMDataLoaders.from_df(long, tiny_gpt2_dir, max_length=8)
+    with pytest.raises(TypeError, match="packing must be True or False"):
+        HFCausalLMDataLoaders.from_df(long, tiny_gpt2_dir, packing="no")
+    from fastai.data.all import ColReader, DataBlock, IndexSplitter
+
+    from blurlite.all import HFCausalLMBlock
+
+    objects = gpt2_objects(tiny_gpt2_dir)
+    dblock = DataBlock(blocks=HFCausalLMBlock(*objects, max_length=8), get_x=ColReader("ids"),
+                       splitter=IndexSplitter([]))
+    with pytest.raises(ValueError, match=f"token id 100000 is not in the tokenizer's vocabulary"):
+        dblock.dataloaders(pd.DataFrame({"ids": [[1, 2, 3], [4, 100000]]}), bs=1)
+    with pytest.raises(ValueError, match="row 1.*the text is empty"):
+        dblock.dataloaders(pd.DataFrame({"ids": ["good", " "]}), bs=1)
+
+
 def test_bad_generation_requests_get_clear_errors(untrained, tiny_bert_dir):
     with pytest.raises(ValueError, match="past the model's 64 positions"):
         untrained.generate("the movie was", max_new_tokens=63)
@@ -246,7 +268,7 @@ def test_bad_generation_requests_get_clear_errors(untrained, tiny_bert_dir):
     with pytest.raises(ValueError, match="no end-of-text"):  # BERT's tokenizer has no eos
         HFCausalLMDataLoaders.from_df(reviews(), get_hf_objects(tiny_bert_dir, model_cls=AutoModelForCausalLM))
     classifier = hf_learner(cli_free_classifier_dls(tiny_bert_dir))
-    with pytest.raises(TypeError, match="generate is for tasks that generate text"):
+    with pytest.raises(TypeError, match="generate is for tasks that generate text"):  # the core's message
         classifier.generate("the movie")
 
 

@@ -58,7 +58,7 @@ def set_pad_token(hf_tokenizer) -> None:
         hf_tokenizer.pad_token = hf_tokenizer.eos_token
 
 
-def lm_token_ids(texts, hf_tokenizer) -> list[list[int]]:
+def lm_token_ids(texts, hf_tokenizer, **tok_kwargs) -> list[list[int]]:
     """Each text's token ids (with the tokenizer's own special tokens, e.g. Llama's `<s>`), followed by the
     end-of-text token, in one batched tokenizer call."""
     eos = hf_tokenizer.eos_token_id
@@ -67,7 +67,7 @@ def lm_token_ids(texts, hf_tokenizer) -> list[list[int]]:
     texts = list(texts)
     if not texts:
         return []
-    ids = hf_tokenizer(texts, return_attention_mask=False)["input_ids"]
+    ids = hf_tokenizer(texts, return_attention_mask=False, **tok_kwargs)["input_ids"]
     return [list(row) if row and row[-1] == eos else [*row, eos] for row in ids]
 
 
@@ -150,10 +150,15 @@ class HFTokenizeCLM(HFTokenize):
             if self.max_length and len(ids) > self.max_length:
                 raise ValueError(f"{where()}: a block of {len(ids)} token ids is longer than max_length="
                                  f"{self.max_length}: cut blocks of at most that size (pack_texts)")
+            if ids.min() < 0 or ids.max() >= len(self.hf_tokenizer):
+                raise ValueError(f"{where()}: token id {int(ids.max() if ids.max() >= 0 else ids.min())} is not in "
+                                 f"the tokenizer's vocabulary (0 to {len(self.hf_tokenizer) - 1})")
             return ids.tobytes()
         if not isinstance(x, str):
             key = super().key(x, where, labelled)  # names missing and non-str texts
             raise TypeError(f"{where()}: causal LM takes one text (or a block of token ids) per item, got {key!r}")
+        if labelled and not x.strip():
+            raise ValueError(f"{where()}: the text is empty; drop empty texts, there is nothing to learn from them")
         return x
 
     def __init__(self, *args, **kwargs):
@@ -171,7 +176,18 @@ class HFTokenizeCLM(HFTokenize):
 
     def tokenize(self, keys: list) -> list[HFCausalLMInput]:
         texts = [k for k in keys if isinstance(k, str)]
-        tokenized = iter(lm_token_ids(texts, self.hf_tokenizer))
+        rows = lm_token_ids(texts, self.hf_tokenizer, **self.tok_kwargs)
+        longer = [i for i, r in enumerate(rows) if self.max_length and len(r) > self.max_length]
+        if longer and not self.truncation:
+            raise ValueError(f"the text {texts[longer[0]][:60]!r}... has {len(rows[longer[0]])} tokens with its "
+                             f"end-of-text token, more than max_length={self.max_length}: with truncation=False, "
+                             "shorten it, or pack texts into blocks (pack_texts)")
+        if longer:
+            warnings.warn(f"{len(longer)} of {len(texts)} texts are longer than max_length={self.max_length} tokens "
+                          f"with their end-of-text token and are truncated (the first: {texts[longer[0]][:40]!r}...); "
+                          "pack them into blocks instead (packing=True / pack_texts) to keep every token",
+                          stacklevel=2)
+        tokenized = iter(rows)
         out = []
         for k in keys:
             if isinstance(k, bytes):
@@ -206,8 +222,9 @@ class CausalLMTargets(ItemTransform):
 class HFCausalLMBlock(TransformBlock):
     """The one block of a causal-LM `DataBlock`: a text (or a block of token ids) in, `(inputs, labels)` batches out.
 
-    A text is tokenized once and followed by the end-of-text token; a tokenizer without a pad token pads with that
-    token (`set_pad_token`), masked out. Batches pad on the right (position ids count from the first token).
+    A text is tokenized once and followed by the end-of-text token (texts longer than `max_length` are truncated,
+    with a warning); a tokenizer without a pad token is given that token as pad token (`set_pad_token`: the
+    tokenizer passed in is changed, its vocabulary is not), masked out. Batches pad on the right (position ids count from the first token).
     Example: `DataBlock(blocks=HFCausalLMBlock(*hf_objects, max_length=128), get_x=ColReader("text"))`; for packed
     blocks, items are `pack_texts(texts, hf_tokenizer, block_size)`'s lists of ids.
     """
@@ -215,7 +232,8 @@ class HFCausalLMBlock(TransformBlock):
     def __init__(self, hf_arch, hf_config, hf_tokenizer, hf_model, max_length: int | None = None, padding=True,
                  truncation=True, tok_kwargs: dict | None = None):
         set_pad_token(hf_tokenizer)
-        limit = model_max_length(hf_config, hf_tokenizer, hf_model)
+        # the model's positions: a saved tokenizer's model_max_length is the block size it was trained with
+        limit = _position_limit(hf_config) or model_max_length(hf_config, hf_tokenizer, hf_model)
         self.max_length = limit if max_length is None or (limit is not None and max_length > limit) else max_length
         tokenize = HFTokenizeCLM(hf_tokenizer, max_length=self.max_length, truncation=truncation,
                                  tok_kwargs=tok_kwargs)
@@ -252,11 +270,17 @@ class HFCausalLMDataLoaders(DataLoaders):
 
         Rows are split into training and validation texts first; each split's texts, each followed by the
         end-of-text token, are packed into `block_size`-token blocks (`pack_texts`: no token dropped, the last block
-        shorter); `block_size` defaults to 128, or the model's positions if fewer. `packing=False` keeps one text per row (truncated to `block_size`, with a warning), padded.
+        shorter); `block_size` defaults to 128, or the model's positions if fewer. `packing=False` keeps one text
+        per row (truncated to `block_size`, with a warning), padded.
         `hf_objects_or_checkpoint`: what `get_hf_objects` returns, or a checkpoint directory loaded with
-        `AutoModelForCausalLM` (the model is then `dls.hf_model`).
+        `AutoModelForCausalLM` (the model is then `dls.hf_model`); a tokenizer without a pad token is given its
+        end-of-text token as one (`set_pad_token`).
         Example: `dls = HFCausalLMDataLoaders.from_df(df, hf_objects, block_size=128, bs=16)`
         """
+        if "max_length" in kwargs:
+            raise TypeError("causal LM's from_df takes block_size (tokens per block), not max_length")
+        if not isinstance(packing, bool):
+            raise TypeError(f"packing must be True or False, got {packing!r}")
         check_frame(df)
         check_columns(df, [text_col], "text")
         check_texts(df[text_col], df.index, text_col)
@@ -276,13 +300,7 @@ class HFCausalLMDataLoaders(DataLoaders):
         if packing:
             parts = [_pack([texts[i] for i in rows], hf_objects[2], block_size) for rows in (train, valid)]
             items, valid = parts[0] + parts[1], list(range(len(parts[0]), len(parts[0]) + len(parts[1])))
-        else:
-            lengths = [len(r) for r in lm_token_ids(texts, hf_objects[2])]
-            longer = [df.index[i] for i, n in enumerate(lengths) if n > block_size]
-            if longer:
-                warnings.warn(f"packing=False: {len(longer)} texts (row {longer[0]!r} first) are longer than "
-                              f"block_size={block_size} tokens with their end-of-text token and are truncated; "
-                              "raise block_size or pack them (packing=True)", stacklevel=2)
+        else:  # one text per row: truncated to block_size (the tokenizing transform warns)
             items = texts
         block = HFCausalLMBlock(*hf_objects, max_length=block_size, padding=padding)
         frame = pd.DataFrame({"text": items})
@@ -398,15 +416,19 @@ def generate_text(learn, prompts, max_new_tokens: int = 50, do_sample: bool = Fa
     if too_long is not None:
         raise ValueError(f"prompt {too_long} has {lengths[too_long]} tokens: with max_new_tokens={max_new_tokens} "
                          f"that is past the model's {limit} positions; shorten it or lower max_new_tokens")
+    training = learn.model.training
     learn.model.eval()
     pipe = TextGenerationPipeline(model=hf_model, tokenizer=tokenizer, device=next(hf_model.parameters()).device)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams, temperature=temperature,
                   top_k=top_k, top_p=top_p, num_return_sequences=num_return_sequences, **generate_kwargs)
-    with warnings.catch_warnings():  # sampling settings given with do_sample=False: the pipeline's call, as given
-        warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
-        if single:
-            return pipe(prompts[0], **kwargs)
-        return pipeline_in_length_order(pipe, prompts, bs, lengths, **kwargs)
+    try:
+        with warnings.catch_warnings():  # sampling settings given with do_sample=False: the pipeline's call, as given
+            warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+            if single:
+                return pipe(prompts[0], **kwargs)
+            return pipeline_in_length_order(pipe, prompts, bs, lengths, **kwargs)
+    finally:
+        learn.model.train(training)  # called during training (a callback), dropout stays on
 
 
 def _predict_result(learn, item, res: tuple) -> tuple:
@@ -441,7 +463,7 @@ def _read_text_file(path) -> tuple[pd.DataFrame, dict]:
 def _from_df(df, model, text_col="text", label_col=None, valid_col=None, valid_pct=0.1, bs=16, max_length=None,
              seed=None, block_size=None):
     "The command line's `from_df`: `--block-size` (else `--max-length`, else `from_df`'s default) tokens per block."
-    block_size = block_size or max_length
+    block_size = block_size if block_size is not None else max_length
     return HFCausalLMDataLoaders.from_df(df, model, text_col=text_col or "text", block_size=block_size,
                                          valid_col=valid_col, valid_pct=valid_pct, bs=bs, seed=seed)
 
