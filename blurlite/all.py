@@ -75,3 +75,13 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 __all__ += ["CausalLMLossFlat", "CausalLMMetric", "CausalLMTargets", "HFCausalLMBlock", "HFCausalLMDataLoaders",
             "HFCausalLMInput", "HFTokenizeCLM", "causal_perplexity", "generate_text", "next_token_accuracy",
             "pack_texts", "read_texts", "set_pad_token", "lm_token_ids", "train_bpe_tokenizer", "AutoModelForCausalLM"]
+from .tasks.seq2seq import (GenerationMetric, HFSeq2SeqBlock, HFSeq2SeqDataLoaders, HFSeq2SeqDL,  # noqa: E402
+                            HFSeq2SeqInput, HFTokenizeSeq2Seq, HFTokenizeTargets, Seq2SeqDecoderInputs,
+                            Seq2SeqLossFlat, Seq2SeqTargetIds, bleu, generate_seq2seq, hf_encoder_decoder,
+                            pipeline_generation_config, rouge, rouge1, rouge2, seq2seq_perplexity)
+from transformers import AutoModelForSeq2SeqLM  # noqa: E402
+
+__all__ += ["GenerationMetric", "HFSeq2SeqBlock", "HFSeq2SeqDataLoaders", "HFSeq2SeqDL", "HFSeq2SeqInput",
+            "HFTokenizeSeq2Seq", "HFTokenizeTargets", "Seq2SeqDecoderInputs", "Seq2SeqLossFlat", "Seq2SeqTargetIds",
+            "bleu", "generate_seq2seq", "hf_encoder_decoder", "pipeline_generation_config", "rouge", "rouge1",
+            "rouge2", "seq2seq_perplexity", "AutoModelForSeq2SeqLM"]

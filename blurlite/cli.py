@@ -392,7 +392,8 @@ def _parser(with_tasks: bool = False, task_options: bool = False) -> argparse.Ar
     t.add_argument("--task", default=DEFAULT_TASK, help=f"a registered task or alias: {tasks}")
     t.add_argument("--data", help="CSV, TSV or JSONL; a task may read more formats (see --task)")
     t.add_argument("--text-col", help="text column (default: the task's, see --task)")
-    t.add_argument("--label-col", help="label column (default: the task's, see --task)")
+    t.add_argument("--label-col", "--target-col", dest="label_col",
+                   help="label (or target text) column (default: the task's, see --task)")
     split = t.add_mutually_exclusive_group()
     split.add_argument("--valid-col", help="True/False column marking validation rows")
     split.add_argument("--valid-pct", type=float, help="fraction of rows to validate on (default 0.2; 0.1 for MLM)")

@@ -234,6 +234,8 @@ def hf_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
 def _groups(model: nn.Module, hf_model: nn.Module) -> list[list[nn.Parameter]]:
     "`hf_splitter`'s groups of every parameter."
     hf_model = plain_model(hf_model)  # a peft model's transformers model: the same groups as without adapters
+    if getattr(hf_model.config, "is_encoder_decoder", False) and hasattr(hf_model, "get_decoder"):
+        return _encoder_decoder_groups(model, hf_model)
     base = getattr(hf_model, "base_model", hf_model)
     holder, blocks = _encoder_blocks(base)
     groups, group_of = [[]], {}
@@ -259,6 +261,29 @@ def _groups(model: nn.Module, hf_model: nn.Module) -> list[list[nn.Parameter]]:
         head += [p for p in params if id(p) not in in_blocks]
     head += [p for p in model.parameters() if id(p) not in seen]
     return [g for g in [*groups, head] if g]
+
+
+def _encoder_decoder_groups(model: nn.Module, hf_model: nn.Module) -> list[list[nn.Parameter]]:
+    """`hf_splitter`'s groups of an encoder-decoder (T5, BART, `EncoderDecoderModel`, ...): embeddings (what each
+    stack holds before its blocks), each encoder block, each decoder block, then the head (what each stack holds
+    after its blocks, e.g. final norms, and the rest of the model: the output layer)."""
+    body, blocks, head, seen = [], [], [], set()
+    for stack in (hf_model.get_encoder(), hf_model.get_decoder()):
+        _, stack_blocks = _encoder_blocks(stack)
+        block_of = {id(p): i for i, b in enumerate(stack_blocks) for p in b.parameters()}
+        groups, after_blocks = [[] for _ in stack_blocks], False
+        for p in stack.parameters():  # in module order: embeddings, blocks, final norm (a shared table once)
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if id(p) in block_of:
+                groups[block_of[id(p)]].append(p)
+                after_blocks = True
+            else:
+                (head if after_blocks else body).append(p)
+        blocks += [g for g in groups if g]
+    head += [p for p in model.parameters() if id(p) not in seen]
+    return [g for g in [body, *blocks, head] if g]
 
 
 class HFLearner(Learner):
@@ -306,6 +331,14 @@ class HFLearner(Learner):
             return res
         head, tail = (res[:1], res[1:]) if with_input else ((), res)
         return (*head, *task.predict_result(self, item, tuple(tail)))
+
+    def show_results(self, ds_idx=1, dl=None, max_n=9, shuffle=True, **kwargs):
+        "fastai's `show_results`, unless the task shows its results itself (`HFTask.show_results`: generated text)."
+        task = task_for(self.dls)
+        if task.show_results is None:
+            return super().show_results(ds_idx=ds_idx, dl=dl, max_n=max_n, shuffle=shuffle, **kwargs)
+        return task.show_results(self, self.dls[ds_idx].new(shuffle=shuffle) if dl is None else dl, max_n=max_n,
+                                 **kwargs)
 
     def lr_find(self, *args, **kwargs):
         "fastai's `lr_find`; raises at once inside `distrib_ctx` with several processes, where it would hang."

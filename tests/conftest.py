@@ -59,6 +59,35 @@ def tiny_gpt2_dir(tmp_path_factory):
     return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
+def save_tiny_seq2seq(path, kind: str = "t5", seed: int = 0):
+    """Write a tiny T5 or BART (`kind`) encoder-decoder over the tiny BERT's WordPiece vocabulary to `path`, with the
+    tokenizer: pad [PAD], end [SEP], decoder start [PAD] (T5's convention) or [SEP] (BART's)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    tokenizer.save_pretrained(path)
+    pad, eos = tokenizer.pad_token_id, tokenizer.sep_token_id
+    if kind == "t5":
+        model = tf.T5ForConditionalGeneration(tf.T5Config(
+            vocab_size=len(VOCAB), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad))
+    else:
+        model = tf.BartForConditionalGeneration(tf.BartConfig(
+            vocab_size=len(VOCAB), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+            pad_token_id=pad, bos_token_id=tokenizer.cls_token_id, eos_token_id=eos, decoder_start_token_id=eos,
+            forced_eos_token_id=eos))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    "A local checkpoint directory: a tiny T5 encoder-decoder over the tiny BERT's vocabulary, and its tokenizer."
+    return save_tiny_seq2seq(tmp_path_factory.mktemp("tiny-t5"), "t5")
+
+
 def child_process_env() -> dict:
     """The environment of a blurlite process a test starts (torchrun, the command line): no distributed settings
     inherited, one thread a process, offline, this checkout importable."""
@@ -179,6 +208,12 @@ def qa_frame(reviews):
     return pd.DataFrame(rows)
 
 
+def seq2seq_frame(reviews):
+    "Each review's sentiment words as its target text (a text-to-text task the tiny models learn)."
+    targets = [" ".join(w for w in t.split() if w in POSITIVE + NEGATIVE) + " ." for t in reviews.text]
+    return pd.DataFrame({"text": reviews.text, "target": targets, "is_valid": reviews.is_valid})
+
+
 # One example per registered task, for the contract tests (a new task adds its own): the training frame (columns as
 # the task's `from_df` defaults), the inputs of `predict_json`, and how the task's pipeline is called on them.
 TASK_EXAMPLES = {
@@ -205,6 +240,9 @@ TASK_EXAMPLES = {
     "causal-lm": dict(frame=lambda n: make_reviews(n)[["text", "is_valid"]], checkpoint="tiny_gpt2_dir",
                       texts=["the movie was", "a good film and"],
                       pipeline_kwargs={"max_new_tokens": 50, "do_sample": False}),
+    # sequence to sequence: a tiny T5; transformers 5 has no text2text pipeline (test_seq2seq checks 4.57.6's way)
+    "seq2seq": dict(frame=lambda n: seq2seq_frame(make_reviews(n)), checkpoint="tiny_t5_dir",
+                    texts=["the movie was good", "a bad film and a boring plot"], pipeline_kwargs={}),
 }
 
 

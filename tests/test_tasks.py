@@ -44,9 +44,11 @@ def registry(monkeypatch):
 
 def test_the_built_in_tasks_are_registered():
     assert [t.name for t in registered_tasks()] == ["text-classification", "token-classification", "fill-mask",
-                                                    "text-regression", "question-answering", "causal-lm"]
+                                                    "text-regression", "question-answering", "causal-lm",
+                                                    "seq2seq"]
     assert get_task("regression") is get_task("text-regression") and get_task("ner").name == "token-classification"
     assert get_task("qa").name == "question-answering" and get_task("clm").name == "causal-lm"
+    assert get_task("summarization") is get_task("translation") is get_task("seq2seq")
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -30,6 +30,7 @@ _BUILTIN_TASKS = {
     "blurlite.tasks.regression": ("text-regression", ("regression",), ("text", "label")),
     "blurlite.tasks.question_answering": ("question-answering", ("qa",), ("question", "answers")),
     "blurlite.tasks.causal_lm": ("causal-lm", ("clm",), ("text", None)),
+    "blurlite.tasks.seq2seq": ("seq2seq", ("summarization", "translation"), ("text", "target")),
 }
 
 
@@ -116,6 +117,9 @@ class HFTask:
     adapter_head: bool = True
     # (learn, inputs, **settings) -> generated texts, as the task's pipeline answers: `learn.generate(...)`
     generate: Callable | None = None
+    # (learn, dl, max_n=..., **kwargs) -> None: `learn.show_results` shown by the task itself, for results that need
+    # the model (generated text); None: fastai's (the decoded predictions of one batch)
+    show_results: Callable | None = None
 
     def __post_init__(self):
         # accept the obvious spellings (a set of keys, a dict, a list of aliases) and store them frozen
@@ -133,7 +137,7 @@ class HFTask:
         return self.name + (f" ({', '.join(self.aliases)})" if self.aliases else "")
 
 
-_OPTIONAL = {"pipeline", "accepts", "predict_result", "peft_task_type", "generate"}
+_OPTIONAL = {"pipeline", "accepts", "predict_result", "peft_task_type", "generate", "show_results"}
 
 
 def _check_field(task: HFTask, name: str, hint) -> str | None:
