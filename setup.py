@@ -22,5 +22,5 @@ setup(
     entry_points={"console_scripts": cfg["console_scripts"].split()},
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split(), "demo": cfg["demo_requirements"].split(),
-                    "peft": cfg["peft_requirements"].split()},
+                    "peft": cfg["peft_requirements"].split(), "seq2seq": cfg["seq2seq_requirements"].split()},
 )

@@ -193,3 +193,15 @@ def bench_sizes(args, defaults: dict, quick: dict) -> dict:
     if getattr(args, "quick", False):
         sizes = {k: min(v, quick[k]) for k, v in sizes.items()}
     return sizes
+
+
+def ensure_tf4(path: Path) -> None:
+    """transformers 4.57.6 (the last release with the question-answering and text2text pipelines), with the
+    tokenizers and hub it needs, in `path`: installed there with `pip install --target` if missing."""
+    import subprocess
+
+    pipelines = path / "transformers" / "pipelines"
+    if (pipelines / "question_answering.py").is_file() and (pipelines / "text2text_generation.py").is_file():
+        return
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(path), "transformers==4.57.6",
+                    "tokenizers>=0.22,<0.23", "huggingface_hub<1.0"], check=True)

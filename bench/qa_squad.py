@@ -154,13 +154,6 @@ def trainer_run(train, learn, args) -> dict:
                 f1=f1)
 
 
-def ensure_tf4(path: Path) -> None:
-    "transformers 4.57.6 (with the tokenizers and hub it needs) in `path`, installed there if missing."
-    if (path / "transformers" / "pipelines" / "question_answering.py").is_file():
-        return
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(path), "transformers==4.57.6",
-                    "tokenizers>=0.22,<0.23", "huggingface_hub<1.0"], check=True)
-
 
 def inference_run(learn, valid, args) -> dict:
     "`learn.answer` over the validation questions vs 4.57.6's pipeline on the saved artifact."
@@ -172,7 +165,7 @@ def inference_run(learn, valid, args) -> dict:
     row = {"questions": len(items), "windows": windows, "blurlite answer s": ours_s}
     if args.skip_pipeline:
         return row
-    ensure_tf4(args.tf4)
+    common.ensure_tf4(args.tf4)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         learn.save_pretrained(tmp / "artifact")

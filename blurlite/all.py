@@ -57,13 +57,13 @@ from .tasks.question_answering import (HFQABlock, HFQADataLoaders, HFQAInput, HF
                                        TensorQAPositions, TensorQAPrediction, TensorQASpans, TensorQATargets,
                                        qa_windows, squad_exact_match, squad_f1)
 from .tasks.squad import (check_qa_frame, normalize_answer, parse_answers, search_answers, squad_answer_scores,
-                          squad_to_df)
+                          squad_to_df, squad_to_question_generation_df)
 from transformers import AutoModelForQuestionAnswering  # noqa: E402
 
 __all__ += ["HFQABlock", "HFQADataLoaders", "HFQAInput", "HFQATokenize", "QALossFlat", "QAMetric", "QAnswers",
             "QAnswersBlock", "QAnswerText", "QAReferences", "QAText", "QAWindowLabels", "TensorQAPositions",
             "TensorQAPrediction", "TensorQASpans", "TensorQATargets", "normalize_answer", "qa_windows",
-            "search_answers", "squad_answer_scores", "squad_exact_match", "squad_f1", "squad_to_df", "check_qa_frame",
+            "search_answers", "squad_answer_scores", "squad_exact_match", "squad_f1", "squad_to_df", "squad_to_question_generation_df", "check_qa_frame",
             "parse_answers",
             "AutoModelForQuestionAnswering"]
 from .tasks.causal_lm import (CausalLMLossFlat, CausalLMMetric, CausalLMTargets, HFCausalLMBlock,

@@ -30,7 +30,8 @@ def test_readme_first_command_installs_and_runs_the_demo():
 
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in ("wnut17_train.conll", "tinyshakespeare.txt"):  # what the NER, MLM and causal-LM examples read
+    # what the NER, MLM, causal-LM and sequence-to-sequence examples read
+    for name in ("wnut17_train.conll", "tinyshakespeare.txt", "squad_v1_super_bowl_50.json"):
         shutil.copy(ROOT.parent / "shared" / "data" / name, tmp_path)
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
@@ -44,6 +45,9 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
     assert (tmp_path / "mlm-model" / "model.safetensors").exists()
     generated = namespace["clm_learn"].generate("ROMEO:", max_new_tokens=5)  # the causal-LM example ran
     assert generated[0]["generated_text"].startswith("ROMEO:")
+    s2s_learn = namespace["s2s_learn"]  # the sequence-to-sequence example ran and scored generated text
+    assert [m.name for m in s2s_learn.metrics] == ["perplexity", "rougeL"]
+    assert s2s_learn.recorder.values[-1][-1] is not None
 
 
 def test_readme_adding_a_task_runs_a_task_defined_outside_the_package(tmp_path):

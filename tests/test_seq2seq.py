@@ -16,7 +16,7 @@ from fastai.torch_core import set_seed
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BertModel
 
 import blurlite.cli as cli
-from blurlite.all import (GenerationMetric, find_hf_transform, HFSeq2SeqDataLoaders, Seq2SeqLossFlat, get_hf_objects,
+from blurlite.all import (GenerationMetric, find_hf_transform, squad_to_question_generation_df, HFSeq2SeqDataLoaders, Seq2SeqLossFlat, get_hf_objects,
                           hf_encoder_decoder, hf_learner, hf_splitter, load_pretrained_learner, seq2seq_perplexity)
 
 TEXTS = ["the movie was good", "a bad film and a boring plot with a very poor actor", "great"]
@@ -331,3 +331,15 @@ def test_bad_input_gets_clear_errors(tiny_t5_dir, tiny_bert_dir):
     with pytest.raises(TypeError, match="text 1: expected a str"):
         learn.generate(["fine", 3])
     assert isinstance(learn.loss_func, Seq2SeqLossFlat)
+
+
+def test_squad_becomes_question_generation_pairs_with_the_answers_sentence():
+    context = "Denver won the game. The coach was Gary Kubiak! Was it close? It was 24 to 10."
+    squad = {"data": [{"title": "SB", "paragraphs": [{"context": context, "qas": [
+        {"id": "a", "question": "Who coached?", "answers": [{"text": "Gary Kubiak", "answer_start": 35}]},
+        {"id": "b", "question": "What was the score?", "answers": [{"text": "24 to 10", "answer_start": 69}]},
+        {"id": "c", "question": "Who lost?", "answers": [], "is_impossible": True}]}]}]}
+    df = squad_to_question_generation_df(squad)
+    assert df.text.tolist() == ["answer: Gary Kubiak context: The coach was Gary Kubiak!",
+                                "answer: 24 to 10 context: It was 24 to 10."]
+    assert df.target.tolist() == ["Who coached?", "What was the score?"] and (df.context == context).all()

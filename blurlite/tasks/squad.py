@@ -15,7 +15,7 @@ from transformers.pipelines.document_question_answering import select_starts_end
 
 from ..checks import check_columns, check_frame, check_texts
 
-__all__ = ["parse_answers", "check_qa_frame", "squad_to_df", "normalize_answer", "squad_answer_scores", "p_mask",
+__all__ = ["parse_answers", "check_qa_frame", "squad_to_df", "squad_to_question_generation_df", "normalize_answer", "squad_answer_scores", "p_mask",
            "search_answers"]
 
 
@@ -88,6 +88,30 @@ def squad_to_df(path_or_dict) -> pd.DataFrame:
                                          "answer_start": [int(x["answer_start"]) for x in answers]}})
     if not rows:
         raise ValueError("the SQuAD data holds no question")
+    return pd.DataFrame(rows)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def squad_to_question_generation_df(path_or_dict) -> pd.DataFrame:
+    """SQuAD as a text-to-text task, question generation: one row per answered question, `text` = "answer: <its
+    first answer> context: <the sentence of the context that holds it>", `target` = the question (also `id`,
+    `title` and the whole paragraph, `context`: split by it, so that no paragraph is in both training and validation). Sentences end at ".", "!" or "?" followed by a space; unanswerable questions are left out.
+    Example: `HFSeq2SeqDataLoaders.from_df(squad_to_question_generation_df("train.json"), hf_objects)`"""
+    rows = []
+    for row in squad_to_df(path_or_dict).itertuples():
+        if not row.answers["text"]:
+            continue
+        answer, start = row.answers["text"][0], row.answers["answer_start"][0]
+        bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(row.context)] + [len(row.context) + 1]
+        first = max(b for b in bounds if b <= start)  # the sentence the answer starts in, on to where it ends
+        last = min((b for b in bounds if b >= start + len(answer)), default=len(row.context))
+        sentence = row.context[first:last].strip()
+        rows.append({"id": row.id, "title": row.title, "context": row.context,
+                     "text": f"answer: {answer} context: {sentence}", "target": row.question})
+    if not rows:
+        raise ValueError("the SQuAD data holds no answered question")
     return pd.DataFrame(rows)
 
 
