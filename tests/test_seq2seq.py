@@ -171,6 +171,20 @@ def test_generation_metrics_take_their_own_settings_and_a_sample(trained):
         GenerationMetric("bleu", max_samples=0)
 
 
+def test_show_results_shows_text_target_and_the_generated_text(trained, monkeypatch):
+    import blurlite.tasks.seq2seq as s2s
+
+    frames = []
+    monkeypatch.setattr(s2s, "display_df", frames.append)
+    trained.show_results(max_n=5, shuffle=False)
+    (shown,) = frames
+    assert list(shown.columns) == ["text", "target", "generated"] and len(shown) == 5
+    valid = frame(160)[lambda d: d.is_valid].set_index("text")
+    assert [valid.target[t].replace(" .", ".") for t in shown.text] == list(shown.target)  # decoded targets
+    greedy = trained.generate(list(shown.text), num_beams=1, max_new_tokens=128)
+    assert list(shown.generated) == [g["generated_text"] for g in greedy]
+
+
 # generation
 @pytest.mark.parametrize("settings", [dict(max_new_tokens=6, num_beams=1, do_sample=False),
                                       dict(max_new_tokens=6, num_beams=3, do_sample=False)], ids=["greedy", "beam"])

@@ -139,7 +139,7 @@ class HFSeq2SeqDL(HFSortedDL):
 class HFSeq2SeqBlock(TransformBlock):
     """The input block of a sequence-to-sequence `DataBlock`: `prefix + text` tokenized once, padded per batch.
 
-    Pair it with `Seq2SeqTargetBlock`-like targets: `HFSeq2SeqBlock.targets(hf_tokenizer, max_target_length)`.
+    Its target block is `HFSeq2SeqBlock.targets(hf_tokenizer, max_target_length)`.
     Example: `DataBlock(blocks=(HFSeq2SeqBlock(*hf_objects, max_length=512),
     HFSeq2SeqBlock.targets(hf_objects.hf_tokenizer)), get_x=ColReader("text"), get_y=ColReader("target"))`
     """
