@@ -84,7 +84,7 @@ def test_train_token_classification_from_conll_and_masked_lm_from_text(tiny_bert
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["train", "--task", "summarization", "--data", "{csv}"], 1, "unknown task 'summarization'"),
+    (["train", "--task", "image-classification", "--data", "{csv}"], 1, "unknown task 'image-classification'"),
     (["train", "--data", "nowhere.csv", "--model", "{model}"], 1, "no data file at 'nowhere.csv'"),
     (["train", "--data", "{csv}", "--model", "{model}", "--text-col", "review"], 1,
      "--text-col 'review': no such column in"),
@@ -123,7 +123,7 @@ print("HEAVY", sorted(m for m in ("torch", "fastai", "transformers", "pandas") i
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "nowhere.csv", "--model", "m"], "no data file at 'nowhere.csv'"),
-    (["train", "--task", "summarization", "--data", "{csv}", "--model", "m"], "unknown task 'summarization'"),
+    (["train", "--task", "image-classification", "--data", "{csv}", "--model", "m"], "unknown task 'image-classification'"),
     (["train", "--data", "{csv}", "--model", "m", "--label-col", "stars"], "--label-col 'stars': no such column"),
     (["predict", "nowhere", "a text"], "no directory at 'nowhere'"),
 ])
