@@ -16,7 +16,8 @@ from fastai.torch_core import set_seed
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BertModel
 
 import blurlite.cli as cli
-from blurlite.all import (GenerationMetric, find_hf_transform, squad_to_question_generation_df, HFSeq2SeqDataLoaders, Seq2SeqLossFlat, get_hf_objects,
+from blurlite.all import (GenerationMetric, find_hf_transform, pipeline_generation_config,
+                          squad_to_question_generation_df, HFSeq2SeqDataLoaders, Seq2SeqLossFlat, get_hf_objects,
                           hf_encoder_decoder, hf_learner, hf_splitter, load_pretrained_learner, seq2seq_perplexity)
 
 TEXTS = ["the movie was good", "a bad film and a boring plot with a very poor actor", "great"]
@@ -169,6 +170,30 @@ def test_generation_metrics_take_their_own_settings_and_a_sample(trained):
         GenerationMetric("meteor")
     with pytest.raises(ValueError, match="max_samples"):
         GenerationMetric("bleu", max_samples=0)
+    with pytest.raises(ValueError, match="num_return_sequences must be 1"):
+        GenerationMetric("bleu", num_return_sequences=2)
+    import pickle
+
+    assert sample.preds and pickle.loads(pickle.dumps(sample)).preds == []  # an export carries no texts
+
+
+def test_generation_metrics_never_reuse_texts_generated_with_earlier_weights(tiny_t5_dir):
+    from blurlite.tasks.seq2seq import _decode, _generate_ids
+
+    learn = hf_learner(dls_for(tiny_t5_dir))
+    metric = GenerationMetric("rougeL", max_new_tokens=6)
+    learn.metrics = [metric]
+    b = learn.dls.valid.one_batch()  # the same tensors twice: a cache keyed on them would answer from the first run
+    with learn.no_bar(), learn.no_logging():
+        learn.validate(dl=[b])
+        first = list(metric.preds)
+        with torch.no_grad():
+            for p in learn.model.hf_model.parameters():
+                p.mul_(3.0)
+        learn.validate(dl=[b])
+    tok, model = find_hf_transform(learn.dls).hf_tokenizer, learn.model.hf_model.eval()
+    fresh = _decode(tok, _generate_ids(model, b[0], tok, num_beams=1, max_new_tokens=6, do_sample=False))
+    assert metric.preds == fresh != first
 
 
 def test_show_results_shows_text_target_and_the_generated_text(trained, monkeypatch):
@@ -208,6 +233,11 @@ def test_defaults_are_the_pipelines_and_batches_answer_as_one_text_at_a_time(tra
     # 4.57.6's pipeline defaults when the model's generation config sets none: 256 new tokens, 4 beams
     assert [g["generated_text"] for g in batched] == plain_generate(path, texts, max_new_tokens=256, num_beams=4)
     assert trained.predict(texts[0])[0] == batched[0]["generated_text"]
+    assert trained.generate([]) == []
+    config = pipeline_generation_config(trained.model.hf_model)
+    config.update(max_new_tokens=3, num_beams=1)  # a caller's generation config replaces the pipeline's
+    assert trained.generate(texts[:3], generation_config=config) == trained.generate(texts[:3], max_new_tokens=3,
+                                                                                     num_beams=1)
     several = trained.generate(texts[:2], num_beams=3, num_return_sequences=2, max_new_tokens=5)
     assert [len(s) for s in several] == [2, 2] and all(set(g) == {"generated_text"} for s in several for g in s)
 

@@ -131,8 +131,8 @@ class HFSeq2SeqDL(HFSortedDL):
     "`HFSortedDL` whose batches pad targets to the longest target (the decoder's length), not to the inputs'."
 
     def _collate_field(self, values: list, length: int | None = None):
-        if isinstance(values[0], Seq2SeqTargetIds):
-            return type(values[0])(self._pad(values, IGNORE_INDEX))
+        if isinstance(values[0], Seq2SeqTargetIds):  # on the right, whatever the inputs do: the decoder reads them so
+            return type(values[0])(torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=IGNORE_INDEX))
         return super()._collate_field(values, length)
 
 
@@ -226,7 +226,8 @@ def hf_encoder_decoder(encoder_ckpt, decoder_ckpt=None, **model_kwargs) -> HFObj
         with warnings.catch_warnings():  # the decoder's new cross-attention layers are reported as newly initialised
             warnings.simplefilter("ignore")
             hf_model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-                str(encoder_ckpt), str(decoder_ckpt), **{"dtype": torch.float32, **model_kwargs})
+                str(encoder_ckpt), str(decoder_ckpt),
+                **{"encoder_dtype": torch.float32, "decoder_dtype": torch.float32, **model_kwargs})
     except OSError as e:
         raise OSError(f"could not load {encoder_ckpt!r} / {decoder_ckpt!r} as local encoder checkpoints ({e}): pass "
                       "directories holding config.json, the weights and the tokenizer") from e
@@ -311,7 +312,9 @@ def pipeline_generation_config(hf_model, hf_tokenizer=None) -> GenerationConfig:
 
 def _generate_ids(hf_model, inputs: Mapping, hf_tokenizer, **settings) -> torch.Tensor:
     "`hf_model.generate` on tokenized inputs with the pipeline's generation config and `settings` on top."
-    config = pipeline_generation_config(hf_model, hf_tokenizer)
+    settings = dict(settings)
+    given = settings.pop("generation_config", None)  # a caller's config replaces the pipeline's, as in the pipeline
+    config = copy.deepcopy(given) if given is not None else pipeline_generation_config(hf_model, hf_tokenizer)
     config.update(**{k: v for k, v in settings.items() if hasattr(config, k)})
     extra = {k: v for k, v in settings.items() if not hasattr(config, k)}
     with torch.no_grad(), warnings.catch_warnings():
@@ -342,6 +345,8 @@ class GenerationMetric(Metric):
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+        if generate_kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("a generation metric scores one generated text per target: num_return_sequences must be 1")
         self.score, self.max_samples = score, max_samples
         self.settings = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False,
                          **generate_kwargs}
@@ -349,6 +354,10 @@ class GenerationMetric(Metric):
 
     def reset(self):
         self.preds, self.targs = [], []
+        _GENERATED.clear()  # a new validation: nothing generated with earlier weights is reused
+
+    def __getstate__(self):  # an exported learner carries no validation texts
+        return {**self.__dict__, "preds": [], "targs": []}
 
     def _settings(self, learn) -> dict:
         settings = dict(self.settings)
@@ -453,15 +462,17 @@ def show_batch(x: HFSeq2SeqInput, y, samples, ctxs=None, max_n=10, trunc_at=None
 def _show_results(learn, dl, max_n: int = 9, trunc_at=None, **settings) -> None:
     "Input, target and generated text (greedy unless `settings` say otherwise) of the first `max_n` items of `dl`."
     tokenizer = find_hf_transform(learn.dls).hf_tokenizer
-    rows, settings = [], {"num_beams": 1, "max_new_tokens": _targets_tfm(learn.dls).max_target_length, **settings}
+    max_new_tokens = _targets_tfm(learn.dls).max_target_length or DEFAULT_MAX_TARGET_LENGTH
+    rows, settings = [], {"num_beams": 1, "max_new_tokens": max_new_tokens, **settings}
     hf_model = plain_model(getattr(learn.model, "module", learn.model).hf_model)
     training = learn.model.training
     learn.model.eval()
     try:
         for b in dl:
-            x, y = b[0], b[1]
+            x = b[0]
             generated = _decode(tokenizer, _generate_ids(hf_model, x, tokenizer, **settings))
-            for text, target, gen in zip(_decode(tokenizer, x["input_ids"]), _decode(tokenizer, y), generated):
+            targets = _decode(tokenizer, b[1]) if len(b) > 1 else [""] * len(generated)  # a test_dl has none
+            for text, target, gen in zip(_decode(tokenizer, x["input_ids"]), targets, generated):
                 rows.append({"text": truncate_words(text, trunc_at), "target": truncate_words(target, trunc_at),
                              "generated": truncate_words(gen, trunc_at)})
             if len(rows) >= max_n:
@@ -491,6 +502,8 @@ def generate_seq2seq(learn, texts, max_new_tokens: int | None = None, num_beams:
         raise TypeError(f"text {bad}: expected a str, got {type(texts[bad]).__name__} {texts[bad]!r}")
     if bs < 1:
         raise ValueError(f"bs must be at least 1, got {bs}")
+    if not texts:
+        return []
     settings = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
                                   ("do_sample", do_sample)) if v is not None}
     settings.update(generate_kwargs)
