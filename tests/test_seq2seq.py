@@ -146,8 +146,8 @@ def test_validation_metrics_equal_a_hand_computation_with_the_same_libraries(tra
     model = trained.model.hf_model
     total, count = 0.0, 0
     for text, target in zip(valid.text, valid.target):  # exp of the mean loss over every target token
-        enc = tok(text, return_tensors="pt", return_token_type_ids=False)
-        labels = torch.tensor([tok(text_target=target)["input_ids"]])
+        enc = tok(text, return_tensors="pt", return_token_type_ids=False).to(model.device)  # CPU or CUDA
+        labels = torch.tensor([tok(text_target=target)["input_ids"]], device=model.device)
         with torch.no_grad():
             loss = model(**enc, labels=labels).loss
         total, count = total + float(loss) * labels.numel(), count + labels.numel()
